@@ -1,0 +1,123 @@
+"""The `Attack` base: a subclass writes its loss (and maybe its update rule).
+
+An attack crafts a perturbation from a *surrogate* encoder and images, never from
+a downstream head: downstream-agnostic. Two shapes of artifact:
+
+* universal (`universal = True`): one delta of shape (1, 3, H, W), crafted on the
+  attacker's data, added to every test image of every downstream dataset;
+* per-sample (`universal = False`): one delta per image of the target set.
+
+The base owns what every attack needs and nobody should re-write: freezing the
+surrogate and putting it in eval mode, seeding, batching, the L-inf projection,
+the [0, 1] clamp, and a final check that ||delta||_inf <= eps holds exactly.
+Feature-space losses are first-class: `loss` receives the surrogate's features
+of the clean images alongside the adversarial ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+
+from benchmark.plugins import Configurable, Params
+from benchmark.registry import Registry
+from benchmark.runtime import batches, seed_everything
+
+ATTACKS: Registry = Registry(
+    "attack", entry_point_group="daebench.attacks",
+    builtin_modules=["attacks.embedattack", "attacks.uapgd"],
+)
+register_attack = ATTACKS.register
+
+
+class AttackParams(Params):
+    batch_size: int = Field(256, ge=1)
+
+
+class Attack(Configurable):
+    """Subclass: set `universal`, `Params`, `profiles`; implement `loss` or `perturb`."""
+
+    Params: ClassVar[type[AttackParams]] = AttackParams
+    universal: ClassVar[bool] = True
+
+    def __init__(self, params: AttackParams, eps: float, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        if not 0 < eps <= 1:
+            raise ValueError(f"eps must be in (0, 1], got {eps}")
+        self.params = params
+        self.eps = float(eps)
+        self.seed = seed
+        self.device = torch.device(device)
+
+    # -- what a subclass writes ------------------------------------------------
+    def loss(self, surrogate: torch.nn.Module, x_adv: torch.Tensor, x: torch.Tensor, clean_features: torch.Tensor) -> torch.Tensor:
+        """Per-sample objective to *maximise*, shape (N,)."""
+        raise NotImplementedError
+
+    def perturb(self, surrogate: torch.nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Return delta: (1,3,H,W) if universal, else (N,3,H,W). x is float in [0, 1]."""
+        raise NotImplementedError
+
+    # -- what the base does ------------------------------------------------------
+    def craft(self, surrogate: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Freeze the surrogate, seed, run `perturb`, and check the budget exactly."""
+        generator = seed_everything(self.seed)
+        surrogate = surrogate.to(self.device).eval()
+        was = [p.requires_grad for p in surrogate.parameters()]
+        for p in surrogate.parameters():
+            p.requires_grad_(False)
+        try:
+            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+            delta = self.perturb(surrogate, x, generator).detach().float().cpu()
+        finally:
+            for p, r in zip(surrogate.parameters(), was):
+                p.requires_grad_(r)
+        delta = self.project(delta)
+        expected = (1, *x.shape[1:]) if self.universal else tuple(x.shape)
+        if tuple(delta.shape) != expected:
+            raise RuntimeError(f"{type(self).__name__}.perturb returned shape {tuple(delta.shape)}, expected {expected}")
+        return delta
+
+    def project(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.clamp(-self.eps, self.eps)
+
+    @staticmethod
+    def apply(delta: torch.Tensor, x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """x_adv = x + delta (broadcast for universal deltas), clamped to [0,1] by default."""
+        x = x.float().div(255) if x.dtype == torch.uint8 else x
+        x_adv = x + delta.to(x.device)
+        return x_adv.clamp(0, 1) if clamp else x_adv
+
+    def features(self, surrogate: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return surrogate(x)
+
+    # -- helpers for subclasses ----------------------------------------------------
+    def pgd_per_sample(
+        self, surrogate: torch.nn.Module, x: torch.Tensor, generator: torch.Generator,
+        steps: int, step_size: float, random_start: bool = True,
+    ) -> torch.Tensor:
+        """Sign-gradient ascent on `loss` per image, in batches; x_adv kept in [0,1]."""
+        out = torch.empty_like(x)
+        for idx in batches(len(x), self.params.batch_size):
+            xb = x[idx].to(self.device)
+            clean = self.features(surrogate, xb)
+            if random_start:
+                delta = (torch.rand(xb.shape, generator=generator) * 2 - 1).mul_(self.eps).to(self.device)
+            else:
+                delta = torch.zeros_like(xb)
+            delta = ((xb + delta).clamp(0, 1) - xb).clamp(-self.eps, self.eps)
+            for _ in range(steps):
+                delta.requires_grad_(True)
+                objective = self.loss(surrogate, xb + delta, xb, clean).sum()
+                (grad,) = torch.autograd.grad(objective, delta)
+                with torch.no_grad():
+                    delta = delta + step_size * grad.sign()
+                    delta = ((xb + delta).clamp(0, 1) - xb).clamp(-self.eps, self.eps)
+            out[idx] = delta.detach().cpu()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"attack": getattr(self, "registry_name", type(self).__name__), "eps": self.eps,
+                "universal": self.universal, "params": self.params.model_dump()}

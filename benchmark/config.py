@@ -1,0 +1,254 @@
+"""Grid configs: YAML in, a validated `GridSpec` out, clear errors otherwise.
+
+Everything is checked before anything runs: unknown keys, wrong types, plugin
+names (with did-you-mean), plugin hyper-parameters (against each plugin's own
+pydantic `Params`), eps in (0, 1], dataset names and npz paths. A config that
+validates can still fail later only for reasons outside it (a dataset that must be
+downloaded while offline), and those errors are clear too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from benchmark.errors import ConfigError, DAEBenchError
+from benchmark.heads import HeadParams
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+SCENARIOS = ("semi_black_box",)
+_FRACTION = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+)\s*$")
+
+
+def parse_fraction(value: Any) -> float:
+    """Accept 0.0392, '0.0392' or '10/255' (as papers write budgets)."""
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        try:
+            return float(m.group(1)) / float(m.group(2)) if m else float(value)
+        except (ValueError, ZeroDivisionError) as err:
+            raise ValueError(f"'{value}' is not a number or a fraction like 10/255") from err
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return float(value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginSpec(_Strict):
+    """An attack or defense of the grid: a registered name, a profile and overrides."""
+
+    name: str
+    profile: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None  # a display name, when one plugin appears with several settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class EncoderSpec(_Strict):
+    """A victim encoder: pre-trained by the harness (`method` + `dataset`) or a `checkpoint`."""
+
+    name: str | None = None
+    method: str | None = None
+    dataset: str | None = None
+    checkpoint: str | None = None
+    key_map: dict[str, str] | None = None
+    arch: str = "resnet18"
+    width: int = Field(64, ge=1, le=1024)
+    conv1_padding: int = Field(2, ge=0, le=3)
+    normalization: Literal["cifar", "imagenet"] = "cifar"
+    profile: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EncoderSpec":
+        if (self.method is None) == (self.checkpoint is None):
+            raise ValueError("an encoder needs exactly one of `method` (+ `dataset`) to pre-train it, or `checkpoint`")
+        if self.method is not None and self.dataset is None:
+            raise ValueError(f"encoder with method '{self.method}' needs `dataset` (its pre-training data D_p)")
+        if self.name is None:
+            self.name = f"{self.method}-{self.dataset}" if self.method else Path(self.checkpoint).stem
+        return self
+
+
+class GridSpec(_Strict):
+    """One benchmark grid: encoders x attacks x defenses x D_f x D_d x eps x seeds."""
+
+    name: str
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    image_size: int = Field(32, ge=8, le=512)
+    eps: list[float] = Field(default_factory=lambda: [10 / 255], min_length=1)
+    clamp: bool = True
+    scenarios: list[Literal["semi_black_box"]] = Field(default_factory=lambda: ["semi_black_box"], min_length=1)
+    profile: str = "paper"
+    datasets: dict[str, str] = Field(default_factory=dict)
+    data_root: str | None = None
+    download: bool = True
+    encoders: list[EncoderSpec] = Field(min_length=1)
+    attacks: list[PluginSpec] = Field(min_length=1)
+    attacker_data: str = "cifar10"
+    defenses: list[PluginSpec] = Field(min_length=1)
+    fine_tune_data: list[str] = Field(min_length=1)
+    downstream: list[str] = Field(min_length=1)
+    heads: HeadParams = Field(default_factory=HeadParams)
+    device: str = "auto"
+    batch_size: int = Field(512, ge=1, description="inference batch size for features")
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _parse_eps(cls, value: Any) -> Any:
+        values = value if isinstance(value, list) else [value]
+        out = []
+        for v in values:
+            eps = parse_fraction(v)
+            if not (0 < eps <= 1) or math.isnan(eps):
+                raise ValueError(
+                    f"eps {v!r} = {eps} is outside (0, 1]: eps is an L-inf budget on [0, 1] images "
+                    f"(the paper uses 10/255 = {10 / 255:.4f}); write it as a number or a fraction like 10/255"
+                )
+            out.append(eps)
+        return out
+
+    @model_validator(mode="after")
+    def _check_names(self) -> "GridSpec":
+        names = [e.name for e in self.encoders]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"encoder names must be unique; repeated: {dupes} (set `name:` to tell them apart)")
+        for kind, plugins in (("attack", self.attacks), ("defense", self.defenses)):
+            labels = [p.display for p in plugins]
+            dupes = sorted({n for n in labels if labels.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind}s appear twice: {dupes}; give each a distinct `label:`")
+        return self
+
+    # -- dataset references ------------------------------------------------
+    def dataset_source(self, name: str) -> str:
+        """A dataset name of the grid -> a loadable source (alias, registry name, npz:path)."""
+        return self.datasets.get(name, name)
+
+    def all_dataset_names(self) -> list[str]:
+        names = [self.attacker_data, *self.fine_tune_data, *self.downstream]
+        names += [e.dataset for e in self.encoders if e.dataset]
+        return list(dict.fromkeys(names))
+
+
+def _format_validation_error(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        if e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{loc}: {msg}")
+    return f"Invalid grid config {where}: " + "; ".join(lines) + "."
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """'quick' / 'ci' / 'paper' name a bundled config; anything else is a path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"Grid config file '{path}' does not exist. Bundled grids: {', '.join(bundled_configs())}.")
+        return path
+    bundled = CONFIG_DIR / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    from benchmark.registry import did_you_mean
+
+    raise ConfigError(
+        f"'{name_or_path}' is neither a grid config file nor a bundled grid.{did_you_mean(name_or_path, bundled_configs())} "
+        f"Bundled grids: {', '.join(bundled_configs())}; or pass a path to a .yaml file."
+    )
+
+
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_grid(name_or_path: str) -> GridSpec:
+    """Read, parse and fully validate a grid config (registries included)."""
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"Grid config '{path}' is not valid YAML{at}: {problem}. Nothing was run.") from None
+    return parse_grid(raw, where=f"'{path}'")
+
+
+def parse_grid(raw: Any, where: str = "(inline)") -> GridSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Grid config {where} must be a mapping of keys (name, encoders, attacks, ...), got {type(raw).__name__}.")
+    try:
+        grid = GridSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, where)) from None
+    validate_against_registries(grid, where)
+    return grid
+
+
+def validate_against_registries(grid: GridSpec, where: str = "") -> None:
+    """Names and plugin parameters, checked against what is registered."""
+    from attacks import ATTACKS
+    from benchmark.data import DATASETS
+    from benchmark.encoders import ENCODERS
+    from benchmark.encoders.ssl import SSL_METHODS
+    from defenses import DEFENSES
+
+    problems: list[str] = []
+
+    def guard(fn, *args) -> Any:
+        try:
+            return fn(*args)
+        except DAEBenchError as err:
+            problems.append(str(err))
+        except (ValueError, TypeError) as err:
+            problems.append(str(err))
+        return None
+
+    for enc in grid.encoders:
+        guard(ENCODERS.check, enc.arch)
+        if enc.method:
+            method = guard(SSL_METHODS.get, enc.method)
+            if method is not None:
+                guard(method.resolve_params, enc.profile or grid.profile, enc.params, f"encoder '{enc.name}'")
+        if enc.checkpoint and not Path(enc.checkpoint).is_file():
+            problems.append(f"encoder '{enc.name}': checkpoint file '{enc.checkpoint}' does not exist")
+    for spec in grid.attacks:
+        cls = guard(ATTACKS.get, spec.name)
+        if cls is not None:
+            guard(cls.resolve_params, spec.profile or grid.profile, spec.params, f"attack '{spec.display}'")
+    for spec in grid.defenses:
+        cls = guard(DEFENSES.get, spec.name)
+        if cls is not None:
+            guard(cls.resolve_params, spec.profile or grid.profile, spec.params, f"defense '{spec.display}'")
+    for name in grid.all_dataset_names():
+        source = grid.dataset_source(name)
+        if source.startswith("npz:"):
+            if not Path(source[4:]).expanduser().is_file():
+                problems.append(f"dataset '{name}': npz file '{source[4:]}' does not exist (relative paths are read from {Path.cwd()})")
+        else:
+            guard(DATASETS.check, source)
+    if problems:
+        raise ConfigError(f"Grid config {where} names things that do not exist: " + "; ".join(problems) + ". Nothing was run.")

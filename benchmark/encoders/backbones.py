@@ -1,0 +1,219 @@
+"""Backbone architectures, registered by name in `ENCODERS`.
+
+* `resnet18`: the CIFAR variant the paper's victims use (solo-learn): a torchvision
+  ResNet18 whose stem is a 3x3 conv, stride 1, no max-pool; output 8*width-d
+  (512-d at width 64, the real ResNet18). Parameter names match torchvision's
+  (`conv1`, `layer1.0.downsample.0`, ...) so torchvision and solo-learn state dicts
+  load without renaming. `width` 16 or 32 makes CPU runs feasible.
+  `conv1_padding`: solo-learn trains with 2, the attack repos rebuild it with 1.
+* `resnet20` / `resnet56`: He et al.'s CIFAR ResNets with the parameter-free
+  "option A" shortcut, as in akamaster/pytorch_resnet_cifar10 (64-d features;
+  their `linear` layer is kept as `classifier`).
+
+Every factory returns an `nn.Module` mapping *normalised* images to features and
+exposing `feature_dim`; `Encoder` adds the normalisation so that everything outside
+a model works on [0, 1] images.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.registry import Registry
+
+ENCODERS: Registry = Registry("encoder", entry_point_group="daebench.encoders")
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock (same parameter names), with a projection shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + shortcut)
+
+
+class ResNet18Cifar(nn.Module):
+    """ResNet18 with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
+
+    def __init__(self, width: int = 64, conv1_padding: int = 2) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"resnet18 width must be a positive integer, got {width}")
+        self.width = width
+        self.conv1 = nn.Conv2d(3, width, 3, 1, conv1_padding, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        planes = [width, 2 * width, 4 * width, 8 * width]
+        in_planes = width
+        for i, p in enumerate(planes):
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(in_planes, p, stride), BasicBlock(p, p)))
+            in_planes = p
+        self.feature_dim = planes[-1]
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The low layer PAP-style attacks read activations from."""
+        return F.relu(self.bn1(self.conv1(x)))
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Intermediate activations by name (stem, layer1..layer4), for layer-wise attacks."""
+        out = {"stem": self.stem(x)}
+        h = out["stem"]
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            h = getattr(self, name)(h)
+            out[name] = h
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = self.layer4(self.layer3(self.layer2(self.layer1(h))))
+        return torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+
+
+class _OptionAShortcut(nn.Module):
+    """He et al.'s parameter-free shortcut: subsample by 2, zero-pad the channels."""
+
+    def __init__(self, planes: int) -> None:
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class CifarBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = _OptionAShortcut(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-20/32/44/56 for CIFAR (16, 32, 64 channels; n blocks per stage)."""
+
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        in_planes = 16
+        for i, planes in enumerate((16, 32, 64)):
+            stride = 1 if i == 0 else 2
+            blocks = [CifarBlock(in_planes, planes, stride)]
+            blocks += [CifarBlock(planes, planes) for _ in range(blocks_per_stage - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            in_planes = planes
+        self.feature_dim = 64
+        # Kept under the checkpoint's own name so akamaster state dicts load as-is.
+        self.linear = nn.Linear(64, num_classes)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn1(self.conv1(x)))
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"stem": self.stem(x)}
+        h = out["stem"]
+        for name in ("layer1", "layer2", "layer3"):
+            h = getattr(self, name)(h)
+            out[name] = h
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.linear
+
+
+@ENCODERS.register("resnet18")
+def resnet18(width: int = 64, conv1_padding: int = 2) -> ResNet18Cifar:
+    return ResNet18Cifar(width=width, conv1_padding=conv1_padding)
+
+
+@ENCODERS.register("resnet20")
+def resnet20(width: int = 16, conv1_padding: int = 1) -> CifarResNet:
+    _fixed_width("resnet20", width, conv1_padding)
+    return CifarResNet(3)
+
+
+@ENCODERS.register("resnet56")
+def resnet56(width: int = 16, conv1_padding: int = 1) -> CifarResNet:
+    _fixed_width("resnet56", width, conv1_padding)
+    return CifarResNet(9)
+
+
+def _fixed_width(arch: str, width: int, conv1_padding: int) -> None:
+    if width != 16 or conv1_padding != 1:
+        raise ValueError(
+            f"{arch} has a fixed shape (width 16, conv1_padding 1); got width={width}, "
+            f"conv1_padding={conv1_padding}. Use resnet18 for a configurable width."
+        )
+
+
+class Encoder(nn.Module):
+    """Normalisation + backbone: maps [0, 1] images to feature vectors.
+
+    Normalisation lives here, inside the model, so that attacks, defenses and
+    data all work in [0, 1] pixel space and an eps is an eps in pixels.
+    """
+
+    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.feature_dim: int = backbone.feature_dim
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.backbone.forward_features(self.normalize(x))
+
+
+def build_encoder(
+    arch: str,
+    width: int = 64,
+    conv1_padding: int = 2,
+    mean: Sequence[float] = CIFAR_MEAN,
+    std: Sequence[float] = CIFAR_STD,
+) -> Encoder:
+    """Build a normalising encoder from a registered architecture name."""
+    factory = ENCODERS.get(arch)
+    return Encoder(factory(width=width, conv1_padding=conv1_padding), mean, std)

@@ -1,0 +1,127 @@
+"""SSL pre-training: the loop is shared, a method writes its heads and its loss.
+
+solo-learn's checkpoint zoo is gone, so the harness pre-trains its own victims.
+A method is an `nn.Module` holding the encoder being trained plus its heads
+(projector, predictor, momentum copies, queues); it implements
+`training_loss(view1, view2)` and, if it has momentum parts, `after_step(progress)`.
+The base owns the optimiser (LARS / SGD / Adam, warm-up + cosine), the two-view
+augmentation, seeding, optional bf16 autocast and channels_last, and progress.
+The `paper` profile of each method is solo-learn's published CIFAR config; the
+`tiny` profile is a few epochs of a narrow ResNet for CPU runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from benchmark.compat import import_torchvision
+from benchmark.encoders.backbones import Encoder
+from benchmark.encoders.ssl.augment import AugmentParams, augment
+from benchmark.plugins import Configurable, Params
+from benchmark.registry import Registry
+from benchmark.runtime import batches, seed_everything
+
+import_torchvision()  # lightly imports torchvision; must come first on CPU torch
+
+SSL_METHODS: Registry = Registry(
+    "SSL method", entry_point_group="daebench.ssl_methods",
+    builtin_modules=["benchmark.encoders.ssl.simclr", "benchmark.encoders.ssl.byol"],
+)
+register_ssl_method = SSL_METHODS.register
+
+
+class SSLParams(Params):
+    epochs: int = Field(1000, ge=1)
+    batch_size: int = Field(256, ge=2)
+    optimizer: Literal["lars", "sgd", "adam"] = "lars"
+    lr: float = Field(0.4, gt=0, description="base lr for batch 256 (scaled linearly, as solo-learn)")
+    weight_decay: float = Field(1e-5, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_epochs: int = Field(10, ge=0)
+    proj_hidden_dim: int = Field(2048, ge=1)
+    proj_output_dim: int = Field(256, ge=1)
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    max_samples: int | None = Field(None, ge=1, description="use only the first N training images")
+    amp: bool = Field(False, description="bf16 autocast (CPU and CUDA)")
+    channels_last: bool = False
+
+
+class SSLMethod(nn.Module, Configurable):
+    Params: ClassVar[type[SSLParams]] = SSLParams
+
+    def __init__(self, encoder: Encoder, params: SSLParams) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.params = params
+
+    def training_loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, progress: float) -> None:
+        """Called after each optimiser step with progress in [0, 1] (momentum updates)."""
+
+
+def _optimizer(params: SSLParams, module: nn.Module) -> torch.optim.Optimizer:
+    lr = params.lr * params.batch_size / 256
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if params.optimizer == "adam":
+        return torch.optim.Adam(trainable, lr=lr, weight_decay=params.weight_decay)
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    from lightly.utils.lars import LARS
+
+    return LARS(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def pretrain(
+    method: str, params: SSLParams, encoder: Encoder, x_train: torch.Tensor, seed: int,
+    device: torch.device, progress: bool = False,
+) -> dict[str, Any]:
+    """Train `encoder` in place with SSL method `method` on uint8 images; returns a log."""
+    generator = seed_everything(seed)
+    model: SSLMethod = SSL_METHODS.get(method)(encoder, params).to(device)
+    if params.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x_train = x_train[: params.max_samples] if params.max_samples else x_train
+    batch_size = min(params.batch_size, len(x_train))
+    steps_per_epoch = max(1, len(x_train) // batch_size)
+    total = steps_per_epoch * params.epochs
+    opt = _optimizer(params, model)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, params.warmup_epochs * steps_per_epoch))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=params.amp)
+    history: list[float] = []
+    step, started = 0, time.perf_counter()
+    for _ in tqdm(range(params.epochs), desc=f"pretrain:{method}", leave=False, disable=not progress):
+        model.train()
+        total_loss = 0.0
+        for idx in batches(len(x_train), batch_size, generator, drop_last=True):
+            x = x_train[idx].to(device).float().div_(255)
+            v1, v2 = augment(x, params.augment, generator), augment(x, params.augment, generator)
+            if params.channels_last:
+                v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = model.training_loss(v1, v2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            model.after_step(step / total)
+            total_loss += float(loss.detach())
+        history.append(total_loss / steps_per_epoch)
+    encoder.eval()
+    return {"loss_history": history, "steps": step, "train_seconds": time.perf_counter() - started}

@@ -1,0 +1,62 @@
+"""BYOL (Grill et al., NeurIPS 2020): predict a momentum target's projection.
+
+solo-learn CIFAR config: projector 4096-256, predictor 4096, tau 0.99 -> 1.0
+(cosine), LARS lr 1.0, wd 1e-5, batch 256, 1000 epochs, symmetric loss.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from pydantic import Field
+
+from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method
+
+
+class BYOLParams(SSLParams):
+    lr: float = Field(1.0, gt=0)
+    proj_hidden_dim: int = Field(4096, ge=1)
+    pred_hidden_dim: int = Field(4096, ge=1)
+    base_tau: float = Field(0.99, ge=0, le=1)
+    final_tau: float = Field(1.0, ge=0, le=1)
+
+
+@register_ssl_method("byol")
+class BYOL(SSLMethod):
+    Params = BYOLParams
+    profiles = {"tiny": {"epochs": 15, "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0,
+                         "proj_hidden_dim": 512, "pred_hidden_dim": 512, "proj_output_dim": 128,
+                         "base_tau": 0.98}}
+
+    def __init__(self, encoder, params: BYOLParams) -> None:
+        super().__init__(encoder, params)
+        d = encoder.feature_dim
+        self.projector = BYOLProjectionHead(d, params.proj_hidden_dim, params.proj_output_dim)
+        self.predictor = BYOLPredictionHead(params.proj_output_dim, params.pred_hidden_dim, params.proj_output_dim)
+        self.momentum_encoder = copy.deepcopy(encoder)
+        self.momentum_projector = copy.deepcopy(self.projector)
+        deactivate_requires_grad(self.momentum_encoder)
+        deactivate_requires_grad(self.momentum_projector)
+        self.criterion = NegativeCosineSimilarity()
+
+    def _online(self, x):
+        return self.predictor(self.projector(self.encoder(x)))
+
+    @torch.no_grad()
+    def _target(self, x):
+        return self.momentum_projector(self.momentum_encoder(x)).detach()
+
+    def training_loss(self, view1, view2):
+        return 0.5 * (self.criterion(self._online(view1), self._target(view2))
+                      + self.criterion(self._online(view2), self._target(view1)))
+
+    def after_step(self, progress: float) -> None:
+        p = self.params
+        tau = cosine_schedule(int(progress * 10_000), 10_000, p.base_tau, p.final_tau)
+        update_momentum(self.encoder, self.momentum_encoder, m=tau)
+        update_momentum(self.projector, self.momentum_projector, m=tau)

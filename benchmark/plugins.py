@@ -1,0 +1,50 @@
+"""What attacks, defenses and SSL recipes share: typed hyper-parameters with profiles.
+
+A plugin declares its hyper-parameters as a pydantic `Params` model (defaults =
+the paper's values) and named `profiles` of overrides (`tiny` for CPU runs).
+`resolve_params(profile, overrides)` gives the validated, complete parameter set
+that goes into the artifact key, so two specs that mean the same thing hash the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from benchmark.errors import ConfigError
+from benchmark.registry import did_you_mean
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Configurable:
+    Params: ClassVar[type[Params]] = Params
+    #: profile name -> overrides of Params' defaults; "paper" is the defaults themselves.
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def profile_names(cls) -> list[str]:
+        return sorted({"paper", *cls.profiles})
+
+    @classmethod
+    def resolve_params(cls, profile: str | None, overrides: dict[str, Any] | None = None, where: str = "") -> Params:
+        profile = profile or "paper"
+        where = where or getattr(cls, "registry_name", cls.__name__)
+        if profile != "paper" and profile not in cls.profiles:
+            raise ConfigError(
+                f"{where}: unknown profile '{profile}'.{did_you_mean(profile, cls.profile_names())} "
+                f"Valid profiles: {', '.join(cls.profile_names())}."
+            )
+        values = {**cls.profiles.get(profile, {}), **(overrides or {})}
+        try:
+            return cls.Params(**values)
+        except ValidationError as err:
+            valid = ", ".join(f"{k} (default {f.default!r})" for k, f in cls.Params.model_fields.items())
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '?'}: {'unknown parameter' if e['type'] == 'extra_forbidden' else e['msg']}"
+                for e in err.errors()
+            )
+            raise ConfigError(f"{where}: invalid parameters: {problems}. Valid parameters: {valid}.") from None

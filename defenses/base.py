@@ -1,0 +1,158 @@
+"""The `Defense` base: turn the public victim encoder into a defended model.
+
+A defense sees the victim encoder and the defender's fine-tuning data D_f (never
+the downstream data D_d, never the attack): one defended model must serve every
+attack and every downstream task (the paper's persistent-robustness setting).
+
+A defended model is a list of *branches* (encoders); downstream, one head is
+trained per branch on its frozen features and the heads' logits are fused by
+`Defense.fuse` (a single branch: identity). ZePAD's three branches and RFDM
+fusion fit the same shape.
+
+`AdversarialFineTuning` is the base of PGD-AT / TRADES / MART / Gen-AF: it owns
+the loop (encoder Adam lr 1e-4 + head Adam lr 5e-3, wd 8e-4, x0.96 per epoch, as
+Gen-AF does so comparisons are fair), the seeding and the PGD; a subclass writes
+`loss`. Normalisation stays inside the encoder, and the PGD takes gradients with
+respect to the input only (`torch.autograd.grad`), so no attack gradient leaks
+into the parameter update -- two bugs of the reference loops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from benchmark.data import ImageData
+from benchmark.encoders.backbones import Encoder
+from benchmark.heads import HeadParams, head_optimizer, make_head
+from benchmark.plugins import Configurable, Params
+from benchmark.registry import Registry
+from benchmark.runtime import batches, seed_everything
+
+DEFENSES: Registry = Registry(
+    "defense", entry_point_group="daebench.defenses",
+    builtin_modules=["defenses.none", "defenses.pgd_at"],
+)
+register_defense = DEFENSES.register
+
+
+@dataclass
+class DefendedModel:
+    branches: list[Encoder]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense(Configurable):
+    """Subclass: implement `defend` (or derive from AdversarialFineTuning and write `loss`)."""
+
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, params: Params, seed: int = 0, device: torch.device | str = "cpu", progress: bool = False) -> None:
+        self.params = params
+        self.seed = seed
+        self.device = torch.device(device)
+        self.progress = progress
+
+    def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
+        raise NotImplementedError
+
+    @staticmethod
+    def fuse(logits: list[torch.Tensor]) -> torch.Tensor:
+        """Combine per-branch logits into one prediction; one branch: itself."""
+        if len(logits) != 1:
+            raise NotImplementedError("multi-branch defenses must define fuse()")
+        return logits[0]
+
+
+class AdversarialFineTuningParams(Params):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    encoder_lr: float = Field(1e-4, gt=0)
+    head_lr: float = Field(5e-3, gt=0)
+    weight_decay: float = Field(8e-4, ge=0)
+    lr_decay: float = Field(0.96, gt=0, le=1)
+    eps: float = Field(8 / 255, gt=0, le=1)
+    step_size: float = Field(2 / 255, gt=0)
+    steps: int = Field(10, ge=0)
+    random_start: bool = True
+    max_samples: int | None = Field(None, ge=1, description="use only the first N of D_f (CPU profiles)")
+
+
+class AdversarialFineTuning(Defense):
+    """Fine-tune encoder + a D_f head on an adversarial objective; keep the encoder."""
+
+    Params: ClassVar[type[AdversarialFineTuningParams]] = AdversarialFineTuningParams
+
+    def loss(self, encoder: Encoder, head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pgd(
+        self, objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+        eps: float | None = None, step_size: float | None = None, steps: int | None = None,
+        random_start: bool | None = None,
+    ) -> torch.Tensor:
+        """Maximise `objective(x_adv)` (a scalar) in the L-inf ball; returns a detached x_adv."""
+        p = self.params
+        eps = p.eps if eps is None else eps
+        step_size = p.step_size if step_size is None else step_size
+        steps = p.steps if steps is None else steps
+        start = p.random_start if random_start is None else random_start
+        x_adv = x.detach() + (torch.empty_like(x).uniform_(-eps, eps) if start else 0)
+        x_adv = x_adv.clamp(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
+            with torch.no_grad():
+                x_adv = torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
+        return x_adv.detach()
+
+    def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
+        p = self.params
+        generator = seed_everything(self.seed)
+        encoder = _clone(victim).to(self.device)
+        head = make_head(encoder.feature_dim, data.num_classes).to(self.device)
+        enc_opt = torch.optim.Adam(encoder.parameters(), lr=p.encoder_lr, weight_decay=p.weight_decay)
+        enc_sched = torch.optim.lr_scheduler.ExponentialLR(enc_opt, gamma=p.lr_decay)
+        head_opt, head_sched = head_optimizer(head, HeadParams(lr=p.head_lr, weight_decay=p.weight_decay, lr_decay=p.lr_decay))
+        x_all, y_all = data.x_train, data.y_train
+        if p.max_samples:
+            x_all, y_all = x_all[: p.max_samples], y_all[: p.max_samples]
+        history = []
+        for epoch in tqdm(range(p.epochs), desc=f"defend:{self.registry_name}", leave=False, disable=not self.progress):
+            total, count = 0.0, 0
+            for idx in batches(len(x_all), p.batch_size, generator):
+                x = x_all[idx].float().div(255).to(self.device)
+                y = y_all[idx].to(self.device)
+                encoder.train()
+                head.train()
+                loss = self.loss(encoder, head, x, y)
+                enc_opt.zero_grad(set_to_none=True)
+                head_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                enc_opt.step()
+                head_opt.step()
+                total += float(loss) * len(idx)
+                count += len(idx)
+            enc_sched.step()
+            head_sched.step()
+            history.append(total / max(count, 1))
+        return DefendedModel([encoder.eval()], {"train_loss": history})
+
+
+def _clone(encoder: Encoder) -> Encoder:
+    import copy
+
+    clone = copy.deepcopy(encoder)
+    for param in clone.parameters():
+        param.requires_grad_(True)
+    return clone
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)

@@ -1,0 +1,15 @@
+"""No defense: the public encoder as released (the paper's "baseline")."""
+
+from __future__ import annotations
+
+from benchmark.data import ImageData
+from benchmark.encoders.backbones import Encoder
+from defenses.base import DefendedModel, Defense, register_defense
+
+
+@register_defense("none")
+class NoDefense(Defense):
+    """The victim encoder, unchanged; downstream heads are trained on its features."""
+
+    def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
+        return DefendedModel([victim.eval()])
