@@ -1,7 +1,8 @@
 """UAPGD (Deng & Karam 2020), embedding-loss variant: one universal perturbation.
 
 Universal PGD with momentum over the attacker's data: for each batch, `steps`
-inner iterations of v <- mu * v + grad, delta <- proj(delta + alpha * sign(v)).
+inner iterations of v <- mu * v + grad, delta <- proj(delta + alpha * sign(v)),
+from a random start in [-eps, eps].
 The objective is label-free (downstream-agnostic): the mean squared distance
 between the surrogate's features of x + delta and of x. (The label-based variant
 with a surrogate head comes with the attacks issue.)
@@ -30,13 +31,16 @@ class UAPGD(Attack):
     Params = UAPGDParams
     profiles = {"tiny": {"epochs": 1, "steps": 5}}
     universal = True
+    version = 2  # 2: random start (1 started at zero, where the gradient vanishes)
 
     def loss(self, surrogate, x_adv, x, clean_features):
         return (surrogate(x_adv) - clean_features).pow(2).mean(dim=1)
 
     def perturb(self, surrogate, x, generator):
         p = self.params
-        delta = torch.zeros((1, *x.shape[1:]), device=self.device)
+        # A random start: the embedding distance has a zero gradient at delta = 0
+        # (its minimum), so sign ascent from zero would never move.
+        delta = (torch.rand((1, *x.shape[1:]), generator=generator) * 2 - 1).mul_(self.eps).to(self.device)
         velocity = torch.zeros_like(delta)
         for _ in range(p.epochs):
             for idx in batches(len(x), p.batch_size, generator):

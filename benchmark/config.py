@@ -232,17 +232,17 @@ def validate_against_registries(grid: GridSpec, where: str = "") -> None:
         if enc.method:
             method = guard(SSL_METHODS.get, enc.method)
             if method is not None:
-                guard(method.resolve_params, enc.profile or grid.profile, enc.params, f"encoder '{enc.name}'")
+                guard(method.resolve_params, method.profile_for(enc.profile, grid.profile), enc.params, f"encoder '{enc.name}'")
         if enc.checkpoint and not Path(enc.checkpoint).is_file():
             problems.append(f"encoder '{enc.name}': checkpoint file '{enc.checkpoint}' does not exist")
     for spec in grid.attacks:
         cls = guard(ATTACKS.get, spec.name)
         if cls is not None:
-            guard(cls.resolve_params, spec.profile or grid.profile, spec.params, f"attack '{spec.display}'")
+            guard(cls.resolve_params, cls.profile_for(spec.profile, grid.profile), spec.params, f"attack '{spec.display}'")
     for spec in grid.defenses:
         cls = guard(DEFENSES.get, spec.name)
         if cls is not None:
-            guard(cls.resolve_params, spec.profile or grid.profile, spec.params, f"defense '{spec.display}'")
+            guard(cls.resolve_params, cls.profile_for(spec.profile, grid.profile), spec.params, f"defense '{spec.display}'")
     for name in grid.all_dataset_names():
         source = grid.dataset_source(name)
         if source.startswith("npz:"):

@@ -177,6 +177,7 @@ def _torchvision_split(name: str, root: Path, download: bool, build: Callable):
 
 @DATASETS.register("cifar10")
 def _load_cifar10(root: Path, download: bool) -> ImageData:
+    """CIFAR-10 via torchvision (50000/10000, 32x32, 10 classes); downloads when online."""
     parts = []
     for train in (True, False):
         ds = _torchvision_split("cifar10", root, download, lambda d, r, dl: d.CIFAR10(r, train=train, download=dl))
@@ -186,6 +187,7 @@ def _load_cifar10(root: Path, download: bool) -> ImageData:
 
 @DATASETS.register("stl10")
 def _load_stl10(root: Path, download: bool) -> ImageData:
+    """STL-10 via torchvision (5000/8000 labelled, 96x96, 10 classes); downloads when online."""
     parts = []
     for split in ("train", "test"):
         ds = _torchvision_split("stl10", root, download, lambda d, r, dl: d.STL10(r, split=split, download=dl))
@@ -195,6 +197,7 @@ def _load_stl10(root: Path, download: bool) -> ImageData:
 
 @DATASETS.register("svhn")
 def _load_svhn(root: Path, download: bool) -> ImageData:
+    """SVHN via torchvision (73257/26032, 32x32, 10 classes); downloads when online."""
     # SVHN writes its .mat files straight into root; a subfolder keeps them apart.
     parts = []
     for split in ("train", "test"):
@@ -205,6 +208,7 @@ def _load_svhn(root: Path, download: bool) -> ImageData:
 
 @DATASETS.register("gtsrb")
 def _load_gtsrb(root: Path, download: bool) -> ImageData:
+    """GTSRB via torchvision (26640/12630, resized to 32x32, 43 classes); downloads when online."""
     # GTSRB images vary in size, so each is resized to 32x32 before stacking.
     parts = []
     for split in ("train", "test"):

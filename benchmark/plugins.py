@@ -24,10 +24,19 @@ class Configurable:
     Params: ClassVar[type[Params]] = Params
     #: profile name -> overrides of Params' defaults; "paper" is the defaults themselves.
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Part of every artifact key: bump it when a change alters what the plugin computes.
+    version: ClassVar[int] = 1
 
     @classmethod
     def profile_names(cls) -> list[str]:
         return sorted({"paper", *cls.profiles})
+
+    @classmethod
+    def profile_for(cls, explicit: str | None, grid_default: str) -> str:
+        """An explicit profile must exist; the grid-wide default falls back to 'paper'."""
+        if explicit:
+            return explicit
+        return grid_default if grid_default in cls.profile_names() else "paper"
 
     @classmethod
     def resolve_params(cls, profile: str | None, overrides: dict[str, Any] | None = None, where: str = "") -> Params:
@@ -36,7 +45,7 @@ class Configurable:
         if profile != "paper" and profile not in cls.profiles:
             raise ConfigError(
                 f"{where}: unknown profile '{profile}'.{did_you_mean(profile, cls.profile_names())} "
-                f"Valid profiles: {', '.join(cls.profile_names())}."
+                f"Valid profiles: {', '.join(cls.profile_names())}"
             )
         values = {**cls.profiles.get(profile, {}), **(overrides or {})}
         try:

@@ -40,16 +40,3 @@ def configure_threads() -> None:
     """Use every core for intra-op parallelism (torch defaults to physical cores)."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(max(1, n))
-
-
-@torch.no_grad()
-def encode(model: torch.nn.Module, x_uint8_or_float: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Features of a whole array, in eval mode, batched; input uint8 or float in [0,1]."""
-    model.eval().to(device)
-    out = []
-    for idx in batches(len(x_uint8_or_float), batch_size):
-        xb = x_uint8_or_float[idx]
-        if xb.dtype == torch.uint8:
-            xb = xb.float().div_(255)
-        out.append(model(xb.to(device)).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)

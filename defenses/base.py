@@ -137,7 +137,7 @@ class AdversarialFineTuning(Defense):
                 loss.backward()
                 enc_opt.step()
                 head_opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 count += len(idx)
             enc_sched.step()
             head_sched.step()

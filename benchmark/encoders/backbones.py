@@ -160,17 +160,20 @@ class CifarResNet(nn.Module):
 
 @ENCODERS.register("resnet18")
 def resnet18(width: int = 64, conv1_padding: int = 2) -> ResNet18Cifar:
+    """ResNet18, CIFAR stem (3x3 conv, no max-pool); 8*width-d features (512 at width 64)."""
     return ResNet18Cifar(width=width, conv1_padding=conv1_padding)
 
 
 @ENCODERS.register("resnet20")
 def resnet20(width: int = 16, conv1_padding: int = 1) -> CifarResNet:
+    """He et al.'s CIFAR ResNet-20 (option-A shortcuts); 64-d features, keeps `linear`."""
     _fixed_width("resnet20", width, conv1_padding)
     return CifarResNet(3)
 
 
 @ENCODERS.register("resnet56")
 def resnet56(width: int = 16, conv1_padding: int = 1) -> CifarResNet:
+    """He et al.'s CIFAR ResNet-56 (option-A shortcuts); 64-d features, keeps `linear`."""
     _fixed_width("resnet56", width, conv1_padding)
     return CifarResNet(9)
 
@@ -216,4 +219,25 @@ def build_encoder(
 ) -> Encoder:
     """Build a normalising encoder from a registered architecture name."""
     factory = ENCODERS.get(arch)
-    return Encoder(factory(width=width, conv1_padding=conv1_padding), mean, std)
+    encoder = Encoder(factory(width=width, conv1_padding=conv1_padding), mean, std)
+    # How to rebuild it: stored with every encoder artifact (weights alone are not enough).
+    encoder.arch_spec = {"arch": arch, "width": width, "conv1_padding": conv1_padding,
+                         "mean": list(mean), "std": list(std)}
+    return encoder
+
+
+def pack_branches(encoders: Sequence[Encoder]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Encoders -> (tensors 'branch{i}.<param>', meta with each branch's arch spec)."""
+    tensors = {f"branch{i}.{k}": v for i, e in enumerate(encoders) for k, v in e.backbone.state_dict().items()}
+    return tensors, {"branches": [e.arch_spec for e in encoders]}
+
+
+def unpack_branches(tensors: dict[str, torch.Tensor], meta: dict) -> list[Encoder]:
+    """Inverse of `pack_branches`: rebuild each encoder and load its weights strictly."""
+    encoders = []
+    for i, spec in enumerate(meta["branches"]):
+        encoder = build_encoder(**spec)
+        prefix = f"branch{i}."
+        encoder.backbone.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        encoders.append(encoder.eval())
+    return encoders

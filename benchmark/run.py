@@ -1,0 +1,206 @@
+"""DAG -> executor -> store, with progress, failure isolation and a summary.
+
+The runner asks the store which artifacts already exist (and verifies their
+checksums): those are cache hits. The rest run in waves: every stage whose inputs
+all exist runs in the current wave, through the executor. A stage that fails is
+reported with its error; stages that depend on it are skipped; everything else
+still runs and every completed artifact stays in the store, so nothing already
+computed is lost and a re-run picks up exactly where this one stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import traceback
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from benchmark.config import GridSpec
+from benchmark.errors import DAEBenchError, StageFailedError
+from benchmark.executors import Executor, JoblibExecutor
+from benchmark.plan import Node, Plan, grid_hash, plan_grid
+from benchmark.provenance import provenance
+from benchmark.stages import STAGES, StageContext
+from benchmark.store import ArtifactStore
+
+DEFAULT_CACHE = Path(os.environ.get("DAEBENCH_CACHE", "results/cache"))
+DEFAULT_RUNS = Path(os.environ.get("DAEBENCH_RUNS", "results/runs"))
+
+
+@dataclass
+class NodeOutcome:
+    key: str
+    stage: str
+    label: str
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | None = None) -> NodeOutcome:
+    """Load a node's inputs, run its stage, save the artifact. Top-level so workers can pickle it."""
+    import torch
+
+    from benchmark.provenance import provenance as prov
+
+    if threads:
+        torch.set_num_threads(threads)
+    store = ArtifactStore(store_root)
+    started = time.perf_counter()
+    try:
+        inputs = {role: store.load(_stage_of(store, key), key) for role, key in node.inputs.items()}
+        tensors, meta = STAGES[node.stage](ctx, node.spec, inputs)
+        seconds = time.perf_counter() - started
+        store.save(node.stage, node.key, tensors, {
+            "spec": {k: v for k, v in node.spec.items() if not k.startswith("_")},
+            "inputs": node.inputs, "label": node.label, "seconds": seconds,
+            "provenance": prov(ctx.device), **meta,
+        })
+        return NodeOutcome(node.key, node.stage, node.label, seconds)
+    except DAEBenchError as err:
+        return NodeOutcome(node.key, node.stage, node.label, time.perf_counter() - started, str(err))
+    except Exception:  # a bug or a resource failure: keep the traceback for the report
+        return NodeOutcome(node.key, node.stage, node.label, time.perf_counter() - started, traceback.format_exc())
+
+
+def _stage_of(store: ArtifactStore, key: str) -> str:
+    for stage in STAGES:
+        if store.exists(stage, key):
+            return stage
+    raise FileNotFoundError(f"input artifact {key} is missing from the store at {store.root}")
+
+
+@dataclass
+class RunReport:
+    grid: GridSpec
+    plan: Plan
+    results: pd.DataFrame
+    hits: Counter = field(default_factory=Counter)
+    computed: Counter = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    failures: list[NodeOutcome] = field(default_factory=list)
+    skipped: int = 0
+    wall_seconds: float = 0.0
+    run_dir: Path | None = None
+
+    def summary(self) -> str:
+        lines = [f"{'stage':<11}{'cached':>8}{'computed':>10}{'seconds':>10}"]
+        for stage in STAGES:
+            if self.hits[stage] or self.computed[stage]:
+                lines.append(f"{stage:<11}{self.hits[stage]:>8}{self.computed[stage]:>10}{self.seconds[stage]:>10.1f}")
+        lines.append(f"wall time {self.wall_seconds:.1f} s; {len(self.failures)} failed, {self.skipped} skipped")
+        return "\n".join(lines)
+
+
+def run_grid(
+    grid: GridSpec, cache_dir: str | os.PathLike = DEFAULT_CACHE, runs_dir: str | os.PathLike | None = DEFAULT_RUNS,
+    executor: Executor | None = None, progress: bool = True, raise_on_failure: bool = True,
+) -> RunReport:
+    started = time.perf_counter()
+    executor = executor or JoblibExecutor(1)
+    store = ArtifactStore(cache_dir)
+    store.clean_stale_tmp()
+    plan = plan_grid(grid)
+    ctx = StageContext(device=grid.device, data_root=grid.data_root, download=grid.download,
+                       batch_size=grid.batch_size, progress=progress and executor.workers == 1)
+    threads = max(1, (os.cpu_count() or 1) // executor.workers) if executor.workers > 1 else None
+    report = RunReport(grid, plan, pd.DataFrame())
+
+    pending: dict[str, Node] = {}
+    for node in plan.topological():
+        if store.verify(node.stage, node.key):
+            report.hits[node.stage] += 1
+        else:
+            pending[node.key] = node
+    done = set(plan.nodes) - set(pending)
+    dead: set[str] = set()
+    bar = tqdm(total=len(pending), desc=f"grid {grid.name}", unit="stage", disable=not progress)
+    while pending:
+        wave = [n for n in pending.values() if all(d in done for d in n.deps)]
+        if not wave:
+            break
+        run_one = functools.partial(execute_node, store_root=str(store.root), ctx=ctx, threads=threads)
+        for outcome in executor.map(run_one, wave):
+            pending.pop(outcome.key)
+            report.seconds[outcome.stage] += outcome.seconds
+            bar.update(1)
+            if outcome.error is None:
+                done.add(outcome.key)
+                report.computed[outcome.stage] += 1
+                bar.set_postfix_str(outcome.label[:40])
+            else:
+                report.failures.append(outcome)
+                for key in plan.descendants(outcome.key):
+                    if pending.pop(key, None) is not None:
+                        dead.add(key)
+                        bar.update(1)
+    bar.close()
+    report.skipped = len(dead)
+    report.results = collect_results(plan, store)
+    report.wall_seconds = time.perf_counter() - started
+    if runs_dir is not None:
+        report.run_dir = write_run(report, Path(runs_dir))
+    if report.failures and raise_on_failure:
+        raise StageFailedError(failure_message(report))
+    return report
+
+
+def failure_message(report: RunReport) -> str:
+    parts = [f"{len(report.failures)} stage(s) failed ({report.skipped} dependent stage(s) skipped); "
+             f"every other artifact was computed and kept, so a re-run resumes from here."]
+    for f in report.failures[:5]:
+        first = f.error.strip().splitlines()
+        # A clean DAEBenchError is one paragraph; a traceback's last line says what broke.
+        parts.append(f"[{f.label}] {first[-1] if len(first) > 1 and first[0].startswith('Traceback') else f.error.strip()}")
+    return " ".join(parts)
+
+
+def collect_results(plan: Plan, store: ArtifactStore) -> pd.DataFrame:
+    """One tidy row per cell whose evaluation exists."""
+    rows = []
+    for cell in plan.cells:
+        if not store.exists("evaluate", cell.evaluate_key):
+            continue
+        meta = store.load_meta("evaluate", cell.evaluate_key)
+        rows.append({**cell.row, **meta["metrics"], "key": cell.evaluate_key})
+    return pd.DataFrame(rows)
+
+
+def write_run(report: RunReport, runs_dir: Path) -> Path:
+    """results.csv + the exact grid + provenance, side by side (numbers never travel alone)."""
+    import json
+
+    import yaml
+
+    run_dir = runs_dir / report.grid.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report.results.to_csv(run_dir / "results.csv", index=False)
+    (run_dir / "grid.yaml").write_text(yaml.safe_dump(report.grid.model_dump(mode="json"), sort_keys=False))
+    run_info: dict[str, Any] = {
+        "grid": report.grid.name, "grid_hash": grid_hash(report.grid), **provenance(report.grid.device),
+        "wall_seconds": round(report.wall_seconds, 2), "cached": dict(report.hits), "computed": dict(report.computed),
+        "stage_seconds": {k: round(v, 2) for k, v in report.seconds.items()},
+        "failures": [{"stage": f.label, "error": f.error} for f in report.failures],
+    }
+    (run_dir / "run.json").write_text(json.dumps(run_info, indent=1))
+    return run_dir
+
+
+TABLE_COLUMNS = ["encoder", "defense", "D_f", "D_d", "attack", "eps", "BA", "RA", "ASR", "n"]
+
+
+def format_results(df: pd.DataFrame) -> str:
+    """The BA / RA / ASR table in percent, with 95% intervals, as the CLI prints it."""
+    if df.empty:
+        return "(no results yet)"
+    out = df.copy()
+    for m in ("BA", "RA", "ASR"):
+        out[m] = [f"{100 * v:5.1f} [{100 * lo:4.1f},{100 * hi:5.1f}]" for v, lo, hi in zip(out[m], out[f"{m}_lo"], out[f"{m}_hi"])]
+    out["eps"] = [f"{255 * e:.0f}/255" for e in out["eps"]]
+    return out[[c for c in TABLE_COLUMNS if c in out]].to_string(index=False)

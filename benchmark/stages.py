@@ -1,0 +1,203 @@
+"""The stage functions of a grid: each a pure function of its spec and its inputs.
+
+    pretrain / checkpoint -> encoder (a one-branch model)
+    craft(attack, surrogate encoder, attacker data)      -> perturbation
+    defend(defense, victim encoder, D_f)                 -> defended model (branches)
+    features(defended model, D_d split [, perturbation]) -> features per branch
+    head(train features)                                 -> one head per branch
+    evaluate(head, clean test features, adv features)    -> BA / RA / ASR
+
+A stage gets its spec (a JSON dict; keys starting with "_" are runtime details
+such as file paths, left out of the artifact key) and its input artifacts, and
+returns (tensors, meta). It never touches the store or the grid: the runner does,
+so the same functions run under joblib locally or on Dask workers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from benchmark.data import ImageData, load_dataset
+from benchmark.encoders.backbones import build_encoder, pack_branches, unpack_branches
+from benchmark.heads import HeadParams, make_head, predict_logits, train_head
+from benchmark.metrics import robustness_metrics
+from benchmark.runtime import batches, seed_everything
+from benchmark.store import Artifact
+
+Tensors = dict[str, torch.Tensor]
+StageFn = Callable[["StageContext", dict, dict[str, Artifact]], tuple[Tensors, dict]]
+
+#: Bump a stage's version when its code changes what it computes: its artifacts
+#: (and everything downstream of them) then get new keys and are recomputed.
+STAGE_VERSIONS = {"pretrain": 1, "checkpoint": 1, "craft": 1, "defend": 1, "features": 1, "head": 1, "evaluate": 1}
+STAGES: dict[str, StageFn] = {}
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Runtime settings that do not change what a stage computes (so not in keys)."""
+
+    device: str = "cpu"
+    data_root: str | None = None
+    download: bool = True
+    batch_size: int = 512
+    progress: bool = False
+
+    @property
+    def torch_device(self) -> torch.device:
+        from benchmark.runtime import resolve_device
+
+        return resolve_device(self.device)
+
+    def dataset(self, spec: dict) -> ImageData:
+        return load_dataset(spec["_source"], image_size=spec["image_size"], root=self.data_root, download=self.download)
+
+
+def stage(name: str) -> Callable[[StageFn], StageFn]:
+    def add(fn: StageFn) -> StageFn:
+        STAGES[name] = fn
+        return fn
+
+    return add
+
+
+# -- encoders ------------------------------------------------------------------
+@stage("pretrain")
+def run_pretrain(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+    from benchmark.encoders.knn import knn_accuracy
+    from benchmark.encoders.ssl import SSL_METHODS, pretrain
+
+    method = SSL_METHODS.get(spec["method"])
+    params = method.Params(**spec["params"])
+    data = ctx.dataset(spec["data"])
+    seed_everything(spec["seed"])  # the encoder's initial weights depend on it
+    encoder = build_encoder(**spec["arch"])
+    log = pretrain(spec["method"], params, encoder, data.x_train, spec["seed"], ctx.torch_device, ctx.progress)
+    train_f = encode_images(encoder, data.x_train, ctx.torch_device, ctx.batch_size)
+    test_f = encode_images(encoder, data.x_test, ctx.torch_device, ctx.batch_size)
+    log["knn_accuracy"] = knn_accuracy(train_f, data.y_train, test_f, data.y_test)
+    tensors, meta = pack_branches([encoder.cpu()])
+    return tensors, {**meta, **log}
+
+
+@stage("checkpoint")
+def run_checkpoint(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+    from benchmark.encoders.checkpoints import load_encoder_weights
+
+    encoder = build_encoder(**spec["arch"])
+    extras = load_encoder_weights(encoder, spec["_path"], key_map=spec.get("key_map"))
+    tensors, meta = pack_branches([encoder])
+    return tensors, {**meta, "source_file": Path(spec["_path"]).name, "extra_tensors": sorted(extras)}
+
+
+# -- attack ----------------------------------------------------------------------
+@stage("craft")
+def run_craft(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+    from attacks import ATTACKS
+
+    cls = ATTACKS.get(spec["attack"])
+    attack = cls(cls.Params(**spec["params"]), eps=spec["eps"], seed=spec["seed"], device=ctx.torch_device)
+    surrogate = _encoders(inputs["surrogate"])[0]
+    data = ctx.dataset(spec["data"])
+    x = data.x_train if cls.universal else data.x_test
+    started = time.perf_counter()
+    delta = attack.craft(surrogate, x)
+    return {"delta": delta}, {"universal": cls.universal, "craft_seconds": time.perf_counter() - started,
+                              "linf": float(delta.abs().max())}
+
+
+# -- defense --------------------------------------------------------------------------
+@stage("defend")
+def run_defend(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+    from defenses import DEFENSES
+
+    cls = DEFENSES.get(spec["defense"])
+    defense = cls(cls.Params(**spec["params"]), seed=spec["seed"], device=ctx.torch_device, progress=ctx.progress)
+    victim = _encoders(inputs["victim"])[0]
+    started = time.perf_counter()
+    model = defense.defend(victim, ctx.dataset(spec["data"]))
+    tensors, meta = pack_branches([b.cpu() for b in model.branches])
+    return tensors, {**meta, "info": model.info, "defend_seconds": time.perf_counter() - started}
+
+
+# -- downstream --------------------------------------------------------------------------
+@stage("features")
+def run_features(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+    branches = _encoders(inputs["model"])
+    data = ctx.dataset(spec["data"])
+    x, y = data.split(spec["data"]["split"])
+    delta = inputs["perturbation"].tensors["delta"] if "perturbation" in inputs else None
+    out = {"labels": y.clone()}
+    for i, encoder in enumerate(branches):
+        out[f"branch{i}"] = encode_images(encoder, x, ctx.torch_device, ctx.batch_size, delta, spec.get("clamp", True))
+    return out, {"num_classes": data.num_classes, "n": len(y), "feature_dims": [e.feature_dim for e in branches]}
+
+
+@stage("head")
+def run_head(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+    feats = inputs["features"]
+    params = HeadParams(**spec["params"])
+    num_classes = feats.meta["num_classes"]
+    tensors: Tensors = {}
+    for i, _ in enumerate(feats.meta["feature_dims"]):
+        head = train_head(feats.tensors[f"branch{i}"], feats.tensors["labels"], num_classes, params,
+                          spec["seed"] + i, ctx.torch_device)
+        tensors |= {f"branch{i}.{k}": v.cpu() for k, v in head.state_dict().items()}
+    return tensors, {"num_classes": num_classes, "feature_dims": feats.meta["feature_dims"]}
+
+
+@stage("evaluate")
+def run_evaluate(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+    from defenses import DEFENSES
+
+    heads = _heads(inputs["head"], HeadParams(**spec["head_params"]))
+    clean, adv = inputs["clean"], inputs["adv"]
+    labels = clean.tensors["labels"]
+    fuse = DEFENSES.get(spec["defense"]).fuse
+    out: Tensors = {"labels": labels}
+    preds = {}
+    for which, feats in (("clean", clean), ("adv", adv)):
+        logits = [predict_logits(h, feats.tensors[f"branch{i}"]) for i, h in enumerate(heads)]
+        for i, lg in enumerate(logits):
+            out[f"confidence_{which}_branch{i}"] = lg.softmax(1).max(1).values
+        preds[which] = fuse(logits).argmax(1)
+        out[f"pred_{which}"] = preds[which]
+    metrics = robustness_metrics(labels, preds["clean"], preds["adv"])
+    return out, {"metrics": metrics, "clamp": spec["clamp"]}
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _encoders(artifact: Artifact):
+    return unpack_branches(artifact.tensors, artifact.meta)
+
+
+def _heads(artifact: Artifact, params: HeadParams) -> list[torch.nn.Module]:
+    heads = []
+    for i, dim in enumerate(artifact.meta["feature_dims"]):
+        head = make_head(dim, artifact.meta["num_classes"], params)
+        head.load_state_dict(artifact.prefixed(f"branch{i}"))
+        heads.append(head.eval())
+    return heads
+
+
+@torch.no_grad()
+def encode_images(
+    encoder: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 512,
+    delta: torch.Tensor | None = None, clamp: bool = True,
+) -> torch.Tensor:
+    """Features of uint8 images (optionally plus a universal or per-sample delta), batched."""
+    from attacks import Attack
+
+    encoder = encoder.to(device).eval()
+    out = []
+    for idx in batches(len(x), batch_size):
+        xb = x[idx].float().div(255)
+        if delta is not None:
+            xb = Attack.apply(delta if delta.shape[0] == 1 else delta[idx], xb, clamp)
+        out.append(encoder(xb.to(device)).float().cpu())
+    return torch.cat(out)

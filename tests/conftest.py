@@ -1,0 +1,45 @@
+"""Shared fixtures: a micro grid small enough to run end to end in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+MICRO_GRID = {
+    "name": "micro",
+    "profile": "tiny",
+    "image_size": 16,
+    "eps": ["10/255"],
+    "encoders": [{"method": "simclr", "dataset": "digits", "arch": "resnet18", "width": 8,
+                  "params": {"epochs": 2, "batch_size": 128, "max_samples": 512}}],
+    "attacks": [{"name": "embedattack", "params": {"steps": 5}},
+                {"name": "uapgd", "params": {"steps": 2}}],
+    "attacker_data": "digits",
+    "defenses": ["none", {"name": "pgd_at", "params": {"epochs": 1, "steps": 2, "max_samples": 256}}],
+    "fine_tune_data": ["digits"],
+    "downstream": ["digits"],
+    "heads": {"epochs": 5},
+}
+
+
+def write_grid(path: Path, **overrides) -> Path:
+    grid = {**MICRO_GRID, **overrides}
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def micro_grid_path(tmp_path: Path) -> Path:
+    return write_grid(tmp_path / "micro.yaml")
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not here (the real data lives in ../shared/data beside the repo)")
+    return path

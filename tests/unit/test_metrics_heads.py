@@ -1,0 +1,39 @@
+import torch
+
+from benchmark.heads import HeadParams, make_head, train_head
+from benchmark.metrics import robustness_metrics, wilson_interval
+
+
+def test_metrics_are_sample_weighted():
+    y = torch.tensor([0, 1, 2, 3, 4])
+    clean = torch.tensor([0, 1, 2, 3, 0])
+    adv = torch.tensor([0, 0, 0, 3, 0])
+    m = robustness_metrics(y, clean, adv)
+    assert m["n"] == 5
+    assert m["BA"] == 0.8 and m["RA"] == 0.4 and m["ASR"] == 0.4
+    for k in ("BA", "RA", "ASR"):
+        assert m[f"{k}_lo"] <= m[k] <= m[f"{k}_hi"]
+
+
+def test_wilson_interval_known_value():
+    lo, hi = wilson_interval(50, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
+    assert wilson_interval(0, 10)[0] == 0.0
+
+
+def test_head_architecture_matches_the_reference():
+    head = make_head(64, 7)
+    linears = [m for m in head if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(64, 512), (512, 512), (512, 7)]
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in head)
+
+
+def test_head_training_is_deterministic_and_learns():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 16, generator=g)
+    y = (x[:, 0] > 0).long()
+    p = HeadParams(epochs=5)
+    a, b = train_head(x, y, 2, p, seed=3), train_head(x, y, 2, p, seed=3)
+    for ta, tb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(ta, tb)
+    assert (a(x).argmax(1) == y).float().mean() > 0.9

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+import torch
+
+from benchmark.store import ArtifactStore, CorruptArtifactError, artifact_key
+
+
+def test_key_is_canonical_and_sensitive():
+    a = artifact_key("craft", {"eps": 0.1, "attack": "x"}, {"surrogate": "k"}, 1)
+    b = artifact_key("craft", {"attack": "x", "eps": 0.1}, {"surrogate": "k"}, 1)
+    assert a == b
+    assert a != artifact_key("craft", {"attack": "x", "eps": 0.2}, {"surrogate": "k"}, 1)
+    assert a != artifact_key("craft", {"attack": "x", "eps": 0.1}, {"surrogate": "k"}, 2)
+    assert a != artifact_key("craft", {"attack": "x", "eps": 0.1}, {"surrogate": "j"}, 1)
+
+
+def test_roundtrip(tmp_path):
+    store = ArtifactStore(tmp_path)
+    t = {"delta": torch.randn(1, 3, 4, 4), "labels": torch.arange(5)}
+    store.save("craft", "abc123", t, {"note": "hi"})
+    assert store.exists("craft", "abc123") and store.verify("craft", "abc123")
+    art = store.load("craft", "abc123")
+    assert torch.equal(art.tensors["delta"], t["delta"]) and torch.equal(art.tensors["labels"], t["labels"])
+    assert art.meta["note"] == "hi" and len(art.meta["checksum"]) == 64
+    assert store.keys("craft") == ["abc123"]
+    assert not (tmp_path / ".tmp").exists() or not any((tmp_path / ".tmp").iterdir())
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corruption_is_detected_quarantined_and_never_served(tmp_path, damage):
+    store = ArtifactStore(tmp_path)
+    store.save("head", "k1", {"w": torch.ones(1000)}, {})
+    blob = store.path("head", "k1") / "tensors.safetensors"
+    data = bytearray(blob.read_bytes())
+    if damage == "flip":
+        data[-10] ^= 0xFF
+    else:
+        data = data[: len(data) // 2]
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifactError):
+        store.load("head", "k1")
+    assert not store.exists("head", "k1")  # moved aside, so the runner recomputes it
+    quarantined = list((tmp_path / "quarantine").iterdir())
+    assert len(quarantined) == 1 and (quarantined[0] / "QUARANTINED").is_file()
+
+
+def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path):
+    store = ArtifactStore(tmp_path)
+    stale = tmp_path / ".tmp" / "craft-k-999999999-abcd1234"
+    stale.mkdir(parents=True)
+    assert store.clean_stale_tmp() == 1 and not stale.exists()
+
+
+def test_meta_is_plain_json(tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.save("evaluate", "kk", {"x": torch.zeros(2)}, {"metrics": {"BA": 0.5}})
+    meta = json.loads((store.path("evaluate", "kk") / "meta.json").read_text())
+    assert meta["metrics"]["BA"] == 0.5 and meta["stage"] == "evaluate"
