@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
+from tqdm.auto import tqdm
 
 from benchmark.plugins import Configurable, Params
 from benchmark.registry import Registry
@@ -42,13 +43,15 @@ class Attack(Configurable):
     Params: ClassVar[type[AttackParams]] = AttackParams
     universal: ClassVar[bool] = True
 
-    def __init__(self, params: AttackParams, eps: float, seed: int = 0, device: torch.device | str = "cpu") -> None:
+    def __init__(self, params: AttackParams, eps: float, seed: int = 0, device: torch.device | str = "cpu",
+                 progress: bool = False) -> None:
         if not 0 < eps <= 1:
             raise ValueError(f"eps must be in (0, 1], got {eps}")
         self.params = params
         self.eps = float(eps)
         self.seed = seed
         self.device = torch.device(device)
+        self.progress = progress
 
     # -- what a subclass writes ------------------------------------------------
     def loss(self, surrogate: torch.nn.Module, x_adv: torch.Tensor, x: torch.Tensor, clean_features: torch.Tensor) -> torch.Tensor:
@@ -100,7 +103,7 @@ class Attack(Configurable):
     ) -> torch.Tensor:
         """Sign-gradient ascent on `loss` per image, in batches; x_adv kept in [0,1]."""
         out = torch.empty_like(x)
-        for idx in batches(len(x), self.params.batch_size):
+        for idx in self.progress_bar(list(batches(len(x), self.params.batch_size)), "batches"):
             xb = x[idx].to(self.device)
             clean = self.features(surrogate, xb)
             if random_start:
@@ -117,6 +120,10 @@ class Attack(Configurable):
                     delta = ((xb + delta).clamp(0, 1) - xb).clamp(-self.eps, self.eps)
             out[idx] = delta.detach().cpu()
         return out
+
+    def progress_bar(self, items, unit: str):
+        name = getattr(self, "registry_name", type(self).__name__)
+        return tqdm(items, desc=f"craft:{name}", unit=unit, leave=False, disable=not self.progress)
 
     def describe(self) -> dict[str, Any]:
         return {"attack": getattr(self, "registry_name", type(self).__name__), "eps": self.eps,

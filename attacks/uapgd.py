@@ -42,7 +42,7 @@ class UAPGD(Attack):
         # (its minimum), so sign ascent from zero would never move.
         delta = (torch.rand((1, *x.shape[1:]), generator=generator) * 2 - 1).mul_(self.eps).to(self.device)
         velocity = torch.zeros_like(delta)
-        for _ in range(p.epochs):
+        for _ in self.progress_bar(range(p.epochs), "epochs"):
             for idx in batches(len(x), p.batch_size, generator):
                 xb = x[idx].to(self.device)
                 clean = self.features(surrogate, xb)

@@ -33,6 +33,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runtime import configure_threads
 
     configure_threads()
+    if args.no_progress:  # one line per finished stage instead of bars (CI logs)
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     grid = load_grid(args.config)
     if args.device:
         grid = grid.model_copy(update={"device": args.device})

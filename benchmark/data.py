@@ -185,13 +185,19 @@ def _load_cifar10(root: Path, download: bool) -> ImageData:
     return ImageData("cifar10", *parts, num_classes=10)
 
 
+def _labelled_splits(name: str, root: Path, download: bool, build: Callable) -> list[torch.Tensor]:
+    """[x_train, y_train, x_test, y_test] of a torchvision set storing (N,3,H,W) `.data` and `.labels`."""
+    parts: list[torch.Tensor] = []
+    for split in ("train", "test"):
+        ds = _torchvision_split(name, root, download, lambda d, r, dl: build(d, r, split, dl))
+        parts += [torch.from_numpy(np.ascontiguousarray(ds.data, dtype=np.uint8)), _labels(ds.labels)]
+    return parts
+
+
 @DATASETS.register("stl10")
 def _load_stl10(root: Path, download: bool) -> ImageData:
     """STL-10 via torchvision (5000/8000 labelled, 96x96, 10 classes); downloads when online."""
-    parts = []
-    for split in ("train", "test"):
-        ds = _torchvision_split("stl10", root, download, lambda d, r, dl: d.STL10(r, split=split, download=dl))
-        parts += [torch.from_numpy(np.ascontiguousarray(ds.data, dtype=np.uint8)), _labels(ds.labels)]
+    parts = _labelled_splits("stl10", root, download, lambda d, r, split, dl: d.STL10(r, split=split, download=dl))
     return ImageData("stl10", *parts, num_classes=10)
 
 
@@ -199,10 +205,7 @@ def _load_stl10(root: Path, download: bool) -> ImageData:
 def _load_svhn(root: Path, download: bool) -> ImageData:
     """SVHN via torchvision (73257/26032, 32x32, 10 classes); downloads when online."""
     # SVHN writes its .mat files straight into root; a subfolder keeps them apart.
-    parts = []
-    for split in ("train", "test"):
-        ds = _torchvision_split("svhn", root / "svhn", download, lambda d, r, dl: d.SVHN(r, split=split, download=dl))
-        parts += [torch.from_numpy(np.ascontiguousarray(ds.data, dtype=np.uint8)), _labels(ds.labels)]
+    parts = _labelled_splits("svhn", root / "svhn", download, lambda d, r, split, dl: d.SVHN(r, split=split, download=dl))
     return ImageData("svhn", *parts, num_classes=10)
 
 

@@ -11,6 +11,7 @@ computed is lost and a re-run picks up exactly where this one stopped.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 import traceback
@@ -30,6 +31,7 @@ from benchmark.provenance import provenance
 from benchmark.stages import STAGES, StageContext
 from benchmark.store import ArtifactStore
 
+log = logging.getLogger("daebench")
 DEFAULT_CACHE = Path(os.environ.get("DAEBENCH_CACHE", "results/cache"))
 DEFAULT_RUNS = Path(os.environ.get("DAEBENCH_RUNS", "results/runs"))
 
@@ -130,6 +132,9 @@ def run_grid(
             pending.pop(outcome.key)
             report.seconds[outcome.stage] += outcome.seconds
             bar.update(1)
+            finished = sum(report.computed.values()) + len(report.failures) + 1
+            log.info("[%d/%d] %s %s (%.1f s)", finished, bar.total, "failed:" if outcome.error else "done:",
+                     outcome.label, outcome.seconds)
             if outcome.error is None:
                 done.add(outcome.key)
                 report.computed[outcome.stage] += 1

@@ -101,7 +101,8 @@ def run_craft(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tup
     from attacks import ATTACKS
 
     cls = ATTACKS.get(spec["attack"])
-    attack = cls(cls.Params(**spec["params"]), eps=spec["eps"], seed=spec["seed"], device=ctx.torch_device)
+    attack = cls(cls.Params(**spec["params"]), eps=spec["eps"], seed=spec["seed"], device=ctx.torch_device,
+                 progress=ctx.progress)
     surrogate = _encoders(inputs["surrogate"])[0]
     data = ctx.dataset(spec["data"])
     x = data.x_train if cls.universal else data.x_test

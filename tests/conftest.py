@@ -18,12 +18,12 @@ MICRO_GRID = {
     "encoders": [{"method": "simclr", "dataset": "digits", "arch": "resnet18", "width": 8,
                   "params": {"epochs": 2, "batch_size": 128, "max_samples": 512}}],
     "attacks": [{"name": "embedattack", "params": {"steps": 5}},
-                {"name": "uapgd", "params": {"steps": 2}}],
+                {"name": "uapgd", "params": {"steps": 4}}],
     "attacker_data": "digits",
     "defenses": ["none", {"name": "pgd_at", "params": {"epochs": 1, "steps": 2, "max_samples": 256}}],
     "fine_tune_data": ["digits"],
     "downstream": ["digits"],
-    "heads": {"epochs": 5},
+    "heads": {"epochs": 20},
 }
 
 

@@ -33,25 +33,42 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock (same parameter names), with a projection shortcut."""
+class _OptionAShortcut(nn.Module):
+    """He et al.'s parameter-free shortcut: subsample by 2, zero-pad the channels."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, planes: int) -> None:
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock (same parameter names).
+
+    The shortcut, where shapes change, is torchvision's 1x1 projection
+    (`downsample`), or with `option_a` He et al.'s parameter-free CIFAR shortcut.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, option_a: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample: nn.Module | None = None
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            if option_a:
+                self.shortcut = _OptionAShortcut(planes)
+            else:
+                self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = self.shortcut(x) if self.downsample is None else self.downsample(x)
         return F.relu(out + shortcut)
 
 
@@ -92,34 +109,6 @@ class ResNet18Cifar(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
 
 
-class _OptionAShortcut(nn.Module):
-    """He et al.'s parameter-free shortcut: subsample by 2, zero-pad the channels."""
-
-    def __init__(self, planes: int) -> None:
-        super().__init__()
-        self.pad = planes // 4
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
-
-
-class CifarBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = _OptionAShortcut(planes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
 class CifarResNet(nn.Module):
     """ResNet-20/32/44/56 for CIFAR (16, 32, 64 channels; n blocks per stage)."""
 
@@ -130,8 +119,8 @@ class CifarResNet(nn.Module):
         in_planes = 16
         for i, planes in enumerate((16, 32, 64)):
             stride = 1 if i == 0 else 2
-            blocks = [CifarBlock(in_planes, planes, stride)]
-            blocks += [CifarBlock(planes, planes) for _ in range(blocks_per_stage - 1)]
+            blocks = [BasicBlock(in_planes, planes, stride, option_a=True)]
+            blocks += [BasicBlock(planes, planes, option_a=True) for _ in range(blocks_per_stage - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             in_planes = planes
         self.feature_dim = 64

@@ -1,0 +1,93 @@
+"""The CLI: clear one-paragraph errors (exit 2), never a traceback; tables on success."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from tests.conftest import MICRO_GRID, write_grid
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list(capsys):
+    code, out, _ = _run(capsys, "list", "attacks")
+    assert code == 0 and "embedattack" in out and "uapgd" in out
+    code, out, _ = _run(capsys, "list")
+    assert code == 0 and all(k in out for k in ("attacks:", "defenses:", "encoders:", "datasets:", "ssl:"))
+
+
+def test_validate_bundled(capsys):
+    code, out, _ = _run(capsys, "validate", "quick", "--plan")
+    assert code == 0 and "valid grid 'quick'" in out and "unique stages" in out
+
+
+@pytest.mark.parametrize("override, expected", [
+    ({"attacks": ["uapdg"]}, "Did you mean 'uapgd'"),
+    ({"eps": [2]}, "outside (0, 1]"),
+    ({"defenses": ["none", {"name": "pgd_at", "params": {"lr": 1}}]}, "lr: unknown parameter"),
+    ({"downstream": ["digitz"]}, "Did you mean 'digits'"),
+])
+def test_bad_configs_give_one_clean_paragraph(capsys, tmp_path, override, expected):
+    config = write_grid(tmp_path / "bad.yaml", **override)
+    code, out, err = _run(capsys, "run", str(config), "--cache-dir", str(tmp_path / "c"), "--runs-dir", str(tmp_path / "r"))
+    assert code == 2
+    assert expected in err and "Traceback" not in err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0
+    assert not (tmp_path / "c").exists()  # validation happens before anything runs
+
+
+def test_malformed_yaml(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    code, _, err = _run(capsys, "validate", str(bad))
+    assert code == 2 and "not valid YAML at line" in err
+
+
+def test_results_of_unknown_run(capsys, tmp_path):
+    code, _, err = _run(capsys, "results", "nope", "--runs-dir", str(tmp_path))
+    assert code == 2 and "No results for run 'nope'" in err
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_malicious_checkpoint_is_refused_and_nothing_runs_its_code(capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "x": _Payload(marker)}, evil)
+    config = write_grid(tmp_path / "g.yaml", encoders=[{"checkpoint": str(evil), "arch": "resnet18", "width": 8}],
+                        attacks=[{"name": "uapgd", "params": {"steps": 1}}], defenses=["none"])
+    code, _, err = _run(capsys, "run", str(config), "--cache-dir", str(tmp_path / "c"),
+                        "--runs-dir", str(tmp_path / "r"), "--no-progress")
+    assert code == 1
+    assert "code" in err and "exec" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_real_checkpoint_as_a_victim(capsys, tmp_path):
+    """A third-party checkpoint (akamaster ResNet-20) loads as a grid encoder and is attacked."""
+    from tests.conftest import shared_file
+
+    weights = shared_file("weights/resnet20-12fca82f.th")
+    config = write_grid(tmp_path / "g.yaml", image_size=32,
+                        encoders=[{"checkpoint": str(weights), "arch": "resnet20", "width": 16,
+                                   "conv1_padding": 1, "normalization": "imagenet"}],
+                        attacks=[{"name": "uapgd", "params": {"steps": 2}}], defenses=["none"])
+    code, out, err = _run(capsys, "run", str(config), "--cache-dir", str(tmp_path / "c"),
+                          "--runs-dir", str(tmp_path / "r"), "--no-progress")
+    assert code == 0, err
+    assert "resnet20-12fca82f" in out

@@ -1,0 +1,138 @@
+"""The grid end to end on the micro grid: cached, deterministic, kill-safe, failure-safe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.config import load_grid, parse_grid
+from benchmark.errors import StageFailedError
+from benchmark.run import run_grid
+from tests.conftest import MICRO_GRID, write_grid
+
+METRICS = ["BA", "RA", "ASR", "n"]
+
+
+def _table(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["defense", "attack"]).reset_index(drop=True)[["defense", "attack", *METRICS]]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    grid = parse_grid(MICRO_GRID)
+    report = run_grid(grid, cache_dir=root / "cache", runs_dir=root / "runs", progress=False)
+    return root, grid, report
+
+
+def test_every_cell_has_a_result(first_run):
+    _, grid, report = first_run
+    assert len(report.results) == 4  # 1 encoder x 2 attacks x 2 defenses x 1 D_f x 1 D_d
+    assert not report.failures
+    # craft is shared: embedattack once per D_d, uapgd once -- not once per defense
+    assert report.computed["craft"] == 2
+    assert report.computed["defend"] == 2
+
+
+def test_attacks_lower_robust_accuracy(first_run):
+    _, _, report = first_run
+    base = report.results[report.results.defense == "none"]
+    assert (base.RA < base.BA).all()
+    assert (base.ASR > 0).all()
+
+
+def test_second_run_computes_nothing_and_is_identical(first_run):
+    root, grid, report = first_run
+    again = run_grid(grid, cache_dir=root / "cache", runs_dir=root / "runs", progress=False)
+    assert sum(again.computed.values()) == 0
+    assert sum(again.hits.values()) == len(again.plan.nodes)
+    pd.testing.assert_frame_equal(_table(report.results), _table(again.results))
+
+
+def test_run_writes_results_with_its_config_and_provenance(first_run):
+    root, _, _ = first_run
+    run_dir = root / "runs" / "micro"
+    assert (run_dir / "results.csv").is_file() and (run_dir / "grid.yaml").is_file()
+    import json
+
+    info = json.loads((run_dir / "run.json").read_text())
+    assert {"torch", "git_commit", "device", "grid_hash"} <= set(info)
+
+
+def test_recomputation_in_a_fresh_store_is_bit_identical(first_run, tmp_path):
+    _, grid, report = first_run
+    fresh = run_grid(grid, cache_dir=tmp_path / "cache", runs_dir=None, progress=False)
+    pd.testing.assert_frame_equal(_table(report.results), _table(fresh.results))
+
+
+def test_corrupted_artifact_is_recomputed_not_used(first_run, tmp_path):
+    root, grid, report = first_run
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(root / "cache", cache)
+    from benchmark.store import ArtifactStore
+
+    store = ArtifactStore(cache)
+    key = store.keys("head")[0]
+    blob = store.path("head", key) / "tensors.safetensors"
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    again = run_grid(grid, cache_dir=cache, runs_dir=None, progress=False)
+    assert again.computed["head"] == 1
+    assert len(list((cache / "quarantine").iterdir())) == 1
+    pd.testing.assert_frame_equal(_table(report.results), _table(again.results))
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(first_run, tmp_path):
+    _, _, report = first_run
+    config = write_grid(tmp_path / "micro.yaml")
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "benchmark.cli", "run", str(config), "--cache-dir", str(cache),
+           "--runs-dir", str(tmp_path / "runs"), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    # Kill once the first stages have landed, while later ones are in flight.
+    while time.time() < deadline and len(list(cache.glob("*/*/*/meta.json"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    landed = len(list(cache.glob("*/*/*/meta.json")))
+    assert landed >= 3, "the run finished or stalled before it could be killed"
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    df = pd.read_csv(tmp_path / "runs" / "micro" / "results.csv")
+    pd.testing.assert_frame_equal(_table(report.results), _table(df), check_dtype=False)
+    assert not any((cache / ".tmp").iterdir())
+
+
+def test_missing_dataset_fails_cleanly_and_keeps_what_was_computed(tmp_path, monkeypatch):
+    # D_d 'svhn' is not on disk and downloads are off: its stages fail with a clear
+    # error, every stage not needing it still runs and is kept.
+    monkeypatch.setenv("DAEBENCH_DATA", str(tmp_path / "empty"))
+    grid = parse_grid({**MICRO_GRID, "downstream": ["digits", "svhn"], "download": False,
+                       "attacks": [{"name": "uapgd", "params": {"steps": 1}}], "defenses": ["none"]})
+    with pytest.raises(StageFailedError) as err:
+        run_grid(grid, cache_dir=tmp_path / "cache", runs_dir=None, progress=False)
+    msg = str(err.value)
+    assert "svhn" in msg and "npz:" in msg and "Traceback" not in msg
+    again = run_grid(grid, cache_dir=tmp_path / "cache", runs_dir=None, progress=False, raise_on_failure=False)
+    assert sum(again.computed.values()) == 0  # nothing that succeeded is redone
+    assert len(again.results) == 1 and again.results.iloc[0].D_d == "digits"
+
+
+def test_parallel_workers_give_the_same_results(first_run, tmp_path):
+    from benchmark.executors import JoblibExecutor
+
+    _, grid, report = first_run
+    parallel = run_grid(grid, cache_dir=tmp_path / "cache", runs_dir=None, progress=False, executor=JoblibExecutor(2))
+    assert sum(parallel.computed.values()) == len(parallel.plan.nodes)
+    pd.testing.assert_frame_equal(_table(report.results), _table(parallel.results))

@@ -1,0 +1,50 @@
+"""Acceptance checks on real data (the ci grid: CIFAR-10 / GTSRB subsets). Minutes: marked slow."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from benchmark.config import load_grid
+from benchmark.run import run_grid
+from tests.conftest import REPO, shared_file
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ci_results(tmp_path_factory):
+    shared_file("cifar10-subset.npz")
+    shared_file("gtsrb-subset.npz")
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the ci grid's npz paths are relative to the repository root
+    try:
+        grid = load_grid("ci")
+        cache = os.environ.get("DAEBENCH_CACHE") or tmp_path_factory.mktemp("ci") / "cache"
+        report = run_grid(grid, cache_dir=cache, runs_dir=tmp_path_factory.mktemp("runs"), progress=False)
+    finally:
+        os.chdir(cwd)
+    return report.results
+
+
+def _cell(df, defense, attack, d_d="cifar10-subset"):
+    rows = df[(df.defense == defense) & (df.attack == attack) & (df.D_d == d_d)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_embedattack_drops_baseline_ra_by_30_points(ci_results):
+    base = _cell(ci_results, "none", "embedattack")
+    assert base.BA - base.RA >= 0.30, (base.BA, base.RA)
+
+
+def test_pgd_at_is_more_robust_than_the_baseline(ci_results):
+    for attack in ("embedattack", "uapgd"):
+        assert _cell(ci_results, "pgd_at", attack).RA > _cell(ci_results, "none", attack).RA
+
+
+def test_every_attack_lowers_baseline_accuracy_on_both_downstream_sets(ci_results):
+    base = ci_results[ci_results.defense == "none"]
+    assert set(base.D_d) == {"cifar10-subset", "gtsrb-subset"}
+    assert (base.RA < base.BA).all()
