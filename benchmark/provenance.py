@@ -33,6 +33,6 @@ def provenance(device: str = "cpu") -> dict:
         "python": platform.python_version(),
         "git_commit": git_commit(),
         "device": dev,
-        "host_cpu_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),  # CPU results depend on it (reduction order)
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
