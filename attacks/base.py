@@ -16,7 +16,7 @@ of the clean images alongside the adversarial ones.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from pydantic import Field
@@ -28,9 +28,29 @@ from benchmark.runtime import batches, seed_everything
 
 ATTACKS: Registry = Registry(
     "attack", entry_point_group="daebench.attacks",
-    builtin_modules=["attacks.embedattack", "attacks.uapgd"],
+    builtin_package="attacks",  # every module in attacks/ is a plugin file
 )
 register_attack = ATTACKS.register
+
+
+class SurrogateEnsemble(torch.nn.Module):
+    """Several surrogate encoders as one: features (and layer activations) concatenated.
+
+    For the white-box scenario (the attacker knows every public encoder the defense
+    uses): a squared-error loss on the concatenation is the sum of the per-encoder
+    losses, so attacks need no special case.
+    """
+
+    def __init__(self, encoders: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.encoders = torch.nn.ModuleList(encoders)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([e(x) for e in self.encoders], dim=1)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        per = [e.forward_features(x) for e in self.encoders]
+        return {k: torch.cat([p[k] for p in per], dim=1) for k in per[0] if all(k in p for p in per)}
 
 
 class AttackParams(Params):
@@ -63,9 +83,15 @@ class Attack(Configurable):
         raise NotImplementedError
 
     # -- what the base does ------------------------------------------------------
-    def craft(self, surrogate: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Freeze the surrogate, seed, run `perturb`, and check the budget exactly."""
+    def craft(self, surrogate: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Freeze the surrogate, seed, run `perturb`, and check the budget exactly.
+
+        `y` (the attacker's labels) is kept for attacks that need a surrogate
+        classifier (`self.labels()`); downstream-agnostic attacks ignore it.
+        """
         generator = seed_everything(self.seed)
+        self._labels = y
+        self.report: dict[str, Any] = {}  # diagnostics a subclass wants recorded with the artifact
         surrogate = surrogate.to(self.device).eval()
         was = [p.requires_grad for p in surrogate.parameters()]
         for p in surrogate.parameters():
@@ -97,6 +123,48 @@ class Attack(Configurable):
             return surrogate(x)
 
     # -- helpers for subclasses ----------------------------------------------------
+    def labels(self) -> torch.Tensor:
+        """The attacker's labels, for attacks built on a surrogate classifier."""
+        if getattr(self, "_labels", None) is None:
+            raise ValueError(f"{type(self).__name__} needs the attacker's labels: call craft(surrogate, x, y)")
+        return self._labels
+
+    def surrogate_classifier(self, surrogate: torch.nn.Module, x: torch.Tensor, epochs: int = 20) -> torch.nn.Module:
+        """surrogate + a head trained on the attacker's labelled data (the reference head).
+
+        UAP-style attacks need class decisions; the attacker, who has labelled data
+        but no downstream model, trains one on the public encoder's features.
+        """
+        from benchmark.heads import HeadParams, train_head
+
+        with torch.no_grad():
+            feats = torch.cat([surrogate(x[i:i + 512].to(self.device)).cpu() for i in range(0, len(x), 512)])
+        y = self.labels()
+        head = train_head(feats, y, int(y.max()) + 1, HeadParams(epochs=epochs), seed=self.seed, device=self.device)
+        for p in head.parameters():
+            p.requires_grad_(False)
+        return torch.nn.Sequential(surrogate, head).eval()
+
+    def universal_sign_ascent(
+        self, objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+        generator: torch.Generator, epochs: int, step_size: float, random_init: bool = True,
+    ) -> torch.Tensor:
+        """One delta: for each batch, delta <- clip(delta + step * sign(grad objective(xb, delta))).
+
+        `objective(x_batch, delta)` returns a scalar to maximise; the batch is on the
+        device, delta has shape (1, 3, H, W).
+        """
+        shape = (1, *x.shape[1:])
+        delta = (torch.rand(shape, generator=generator) * 2 - 1) * self.eps if random_init else torch.zeros(shape)
+        delta = delta.to(self.device)
+        for _ in self.progress_bar(range(epochs), "epochs"):
+            for idx in batches(len(x), self.params.batch_size, generator):
+                delta.requires_grad_(True)
+                (grad,) = torch.autograd.grad(objective(x[idx].to(self.device), delta), delta)
+                with torch.no_grad():
+                    delta = (delta + step_size * grad.sign()).clamp(-self.eps, self.eps)
+        return delta.detach()
+
     def pgd_per_sample(
         self, surrogate: torch.nn.Module, x: torch.Tensor, generator: torch.Generator,
         steps: int, step_size: float, random_start: bool = True,

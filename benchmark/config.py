@@ -21,7 +21,8 @@ from benchmark.errors import ConfigError, DAEBenchError
 from benchmark.heads import HeadParams
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-SCENARIOS = ("semi_black_box",)
+SCENARIOS = ("semi_black_box", "white_box", "transfer")
+Scenario = Literal["semi_black_box", "white_box", "transfer"]
 _FRACTION = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+)\s*$")
 
 
@@ -95,7 +96,12 @@ class GridSpec(_Strict):
     image_size: int = Field(32, ge=8, le=512)
     eps: list[float] = Field(default_factory=lambda: [10 / 255], min_length=1)
     clamp: bool = True
-    scenarios: list[Literal["semi_black_box"]] = Field(default_factory=lambda: ["semi_black_box"], min_length=1)
+    # semi_black_box: the surrogate is the public victim; white_box: every public
+    # encoder the defense uses (the victim + e.g. ZePAD's auxiliary encoders);
+    # transfer: the encoder named by `transfer_from` (from `encoders` or `surrogates`).
+    scenarios: list[Scenario] = Field(default_factory=lambda: ["semi_black_box"], min_length=1)
+    transfer_from: str | None = None
+    surrogates: list[EncoderSpec] = Field(default_factory=list, description="encoders used only as attack surrogates")
     profile: str = "paper"
     datasets: dict[str, str] = Field(default_factory=dict)
     data_root: str | None = None
@@ -127,7 +133,15 @@ class GridSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_names(self) -> "GridSpec":
-        names = [e.name for e in self.encoders]
+        names = [e.name for e in self.encoders + self.surrogates]
+        if "transfer" in self.scenarios:
+            if self.transfer_from is None:
+                raise ValueError("the transfer scenario needs `transfer_from`: the name of the surrogate encoder")
+            if self.transfer_from not in names:
+                from benchmark.registry import did_you_mean
+
+                raise ValueError(f"transfer_from '{self.transfer_from}' is not an encoder of this grid."
+                                 f"{did_you_mean(self.transfer_from, names)} Encoders: {', '.join(names)}")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"encoder names must be unique; repeated: {dupes} (set `name:` to tell them apart)")
@@ -145,7 +159,7 @@ class GridSpec(_Strict):
 
     def all_dataset_names(self) -> list[str]:
         names = [self.attacker_data, *self.fine_tune_data, *self.downstream]
-        names += [e.dataset for e in self.encoders if e.dataset]
+        names += [e.dataset for e in self.encoders + self.surrogates if e.dataset]
         return list(dict.fromkeys(names))
 
 
@@ -227,7 +241,7 @@ def validate_against_registries(grid: GridSpec, where: str = "") -> None:
             problems.append(str(err))
         return None
 
-    for enc in grid.encoders:
+    for enc in grid.encoders + grid.surrogates:
         guard(ENCODERS.check, enc.arch)
         if enc.method:
             method = guard(SSL_METHODS.get, enc.method)

@@ -115,7 +115,7 @@ class _Planner:
                 "data": self.data(enc.dataset)}
         return self.plan.add("pretrain", spec, {}, f"pretrain {enc.name}")
 
-    def craft(self, attack: PluginSpec, surrogate: str, eps: float, seed: int, downstream: str) -> str:
+    def craft(self, attack: PluginSpec, surrogates: list[str], scenario: str, eps: float, seed: int, downstream: str) -> str:
         from attacks import ATTACKS
 
         cls = ATTACKS.get(attack.name)
@@ -124,16 +124,36 @@ class _Planner:
         # D_d; per-sample attacks perturb the D_d test images themselves.
         target = self.grid.attacker_data if cls.universal else downstream
         spec = {"attack": attack.name, "version": cls.version, "params": params.model_dump(), "eps": eps, "seed": seed,
-                "scenario": "semi_black_box", "data": self.data(target)}
-        return self.plan.add("craft", spec, {"surrogate": surrogate}, f"craft {attack.display} eps={eps:.4f} on {target}")
+                "data": self.data(target)}
+        # The scenario only decides which surrogates the attacker has; it is not in
+        # the spec, so two scenarios with the same surrogates share one artifact.
+        inputs = {("surrogate" if i == 0 else f"surrogate{i}"): key for i, key in enumerate(surrogates)}
+        return self.plan.add("craft", spec, inputs, f"craft {attack.display} ({scenario}) eps={eps:.4f} on {target}")
 
-    def defend(self, defense: PluginSpec, victim: str, d_f: str, seed: int) -> str:
+    def auxiliaries(self, defense: PluginSpec, victim: EncoderSpec, seed: int) -> list[str]:
+        """Keys of the extra public encoders a defense uses (e.g. ZePAD's MPAE partner)."""
+        from defenses import DEFENSES
+
+        cls = DEFENSES.get(defense.name)
+        params = cls.resolve_params(cls.profile_for(defense.profile, self.grid.profile), defense.params)
+        return [self.encoder(spec, seed) for spec in cls.auxiliary_encoders(params, victim)]
+
+    def defend(self, defense: PluginSpec, victim: str, aux: list[str], d_f: str, seed: int) -> str:
         from defenses import DEFENSES
 
         cls = DEFENSES.get(defense.name)
         params = cls.resolve_params(cls.profile_for(defense.profile, self.grid.profile), defense.params)
         spec = {"defense": defense.name, "version": cls.version, "params": params.model_dump(), "seed": seed, "data": self.data(d_f)}
-        return self.plan.add("defend", spec, {"victim": victim}, f"defend {defense.display} D_f={d_f}")
+        inputs = {"victim": victim} | {f"aux{i}": key for i, key in enumerate(aux)}
+        return self.plan.add("defend", spec, inputs, f"defend {defense.display} D_f={d_f}")
+
+    def surrogates(self, scenario: str, victim: str, aux: list[str], seed: int) -> list[str]:
+        if scenario == "semi_black_box":
+            return [victim]
+        if scenario == "white_box":
+            return [victim, *aux]
+        named = {e.name: e for e in self.grid.encoders + self.grid.surrogates}
+        return [self.encoder(named[self.grid.transfer_from], seed)]
 
     def features(self, model: str, d_d: str, split: str, perturbation: str | None = None) -> str:
         inputs = {"model": model} | ({"perturbation": perturbation} if perturbation else {})
@@ -145,21 +165,23 @@ class _Planner:
         for enc, seed in product(g.encoders, g.seeds):
             victim = self.encoder(enc, seed)
             for defense, d_f in product(g.defenses, g.fine_tune_data):
-                model = self.defend(defense, victim, d_f, seed)
+                aux = self.auxiliaries(defense, enc, seed)
+                model = self.defend(defense, victim, aux, d_f, seed)
                 for d_d in g.downstream:
                     train = self.features(model, d_d, "train")
                     head = self.plan.add("head", {"params": g.heads.model_dump(), "seed": seed},
                                          {"features": train}, f"head {defense.display} {d_d}")
                     clean = self.features(model, d_d, "test")
-                    for attack, eps in product(g.attacks, g.eps):
-                        craft = self.craft(attack, victim, eps, seed, d_d)
+                    for scenario, attack, eps in product(g.scenarios, g.attacks, g.eps):
+                        craft = self.craft(attack, self.surrogates(scenario, victim, aux, seed), scenario, eps, seed, d_d)
                         adv = self.features(model, d_d, "test", craft)
                         spec = {"defense": defense.name, "clamp": g.clamp, "head_params": g.heads.model_dump()}
                         key = self.plan.add("evaluate", spec, {"head": head, "clean": clean, "adv": adv},
-                                            f"evaluate {enc.name} {defense.display} {attack.display} {d_d}")
+                                            f"evaluate {enc.name} {defense.display} {attack.display} {d_d} {scenario}")
                         row = {"encoder": enc.name, "method": enc.method or "checkpoint", "D_p": enc.dataset or "",
                                "defense": defense.display, "D_f": d_f, "D_d": d_d, "attack": attack.display,
-                               "scenario": "semi_black_box", "eps": eps, "seed": seed, "clamp": g.clamp}
+                               "scenario": scenario, "surrogate": g.transfer_from if scenario == "transfer" else enc.name,
+                               "eps": eps, "seed": seed, "clamp": g.clamp}
                         self.plan.cells.append(Cell(row, key))
         return self.plan
 

@@ -24,7 +24,9 @@ def git_commit() -> str | None:
 
 
 def provenance(device: str = "cpu") -> dict:
-    dev = str(device)
+    from benchmark.runtime import resolve_device
+
+    dev = str(resolve_device(str(device)))
     if dev.startswith("cuda") and torch.cuda.is_available():
         dev = f"{dev} ({torch.cuda.get_device_name()})"
     return {

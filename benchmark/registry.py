@@ -50,10 +50,12 @@ class Registry(Generic[T]):
         kind: str,
         entry_point_group: str | None = None,
         builtin_modules: Iterable[str] = (),
+        builtin_package: str | None = None,
     ) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._builtin_modules = list(builtin_modules)
+        self._builtin_package = builtin_package
         self._objects: dict[str, T] = {}
         self._lazy: dict[str, str] = {}
         self._origins: dict[str, str] = {}
@@ -98,7 +100,7 @@ class Registry(Generic[T]):
         if self._discovered:
             return
         self._discovered = True
-        for module in self._builtin_modules:
+        for module in self._builtin_modules + self._package_modules():
             importlib.import_module(module)
         if self.entry_point_group:
             for ep in entry_points(group=self.entry_point_group):
@@ -107,6 +109,16 @@ class Registry(Generic[T]):
                         self.register_lazy(ep.name, ep.value)
                 else:  # a module that registers its plugins when imported
                     importlib.import_module(ep.value)
+
+    def _package_modules(self) -> list[str]:
+        """Every module of the built-in package (one plugin per file), bar base/private ones."""
+        if not self._builtin_package:
+            return []
+        import pkgutil
+
+        package = importlib.import_module(self._builtin_package)
+        return [f"{self._builtin_package}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                if not m.name.startswith("_") and m.name != "base"]
 
     # -- lookup ------------------------------------------------------------
     def names(self) -> list[str]:

@@ -103,13 +103,22 @@ def run_craft(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tup
     cls = ATTACKS.get(spec["attack"])
     attack = cls(cls.Params(**spec["params"]), eps=spec["eps"], seed=spec["seed"], device=ctx.torch_device,
                  progress=ctx.progress)
-    surrogate = _encoders(inputs["surrogate"])[0]
+    from attacks.base import SurrogateEnsemble
+
+    # One surrogate (semi-black-box, transfer) or several (white-box: every public
+    # encoder the defense uses), in the order the planner listed them.
+    surrogates = [_encoders(inputs[role])[0] for role in sorted(inputs) if role.startswith("surrogate")]
+    surrogate = surrogates[0] if len(surrogates) == 1 else SurrogateEnsemble(surrogates)
     data = ctx.dataset(spec["data"])
-    x = data.x_train if cls.universal else data.x_test
     started = time.perf_counter()
-    delta = attack.craft(surrogate, x)
+    # Universal attacks craft on the attacker's labelled training data; per-sample
+    # attacks perturb the downstream test images and never see their labels.
+    if cls.universal:
+        delta = attack.craft(surrogate, data.x_train, data.y_train)
+    else:
+        delta = attack.craft(surrogate, data.x_test)
     return {"delta": delta}, {"universal": cls.universal, "craft_seconds": time.perf_counter() - started,
-                              "linf": float(delta.abs().max())}
+                              "linf": float(delta.abs().max()), "attack_report": attack.report}
 
 
 # -- defense --------------------------------------------------------------------------
@@ -120,6 +129,7 @@ def run_defend(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tu
     cls = DEFENSES.get(spec["defense"])
     defense = cls(cls.Params(**spec["params"]), seed=spec["seed"], device=ctx.torch_device, progress=ctx.progress)
     victim = _encoders(inputs["victim"])[0]
+    defense.auxiliaries = [_encoders(inputs[r])[0] for r in sorted(inputs) if r.startswith("aux")]
     started = time.perf_counter()
     model = defense.defend(victim, ctx.dataset(spec["data"]))
     tensors, meta = pack_branches([b.cpu() for b in model.branches])

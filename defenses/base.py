@@ -37,7 +37,7 @@ from benchmark.runtime import batches, seed_everything
 
 DEFENSES: Registry = Registry(
     "defense", entry_point_group="daebench.defenses",
-    builtin_modules=["defenses.none", "defenses.pgd_at"],
+    builtin_package="defenses",  # every module in defenses/ is a plugin file
 )
 register_defense = DEFENSES.register
 
@@ -58,9 +58,17 @@ class Defense(Configurable):
         self.seed = seed
         self.device = torch.device(device)
         self.progress = progress
+        self.auxiliaries: list[Encoder] = []
 
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         raise NotImplementedError
+
+    @classmethod
+    def auxiliary_encoders(cls, params: Params, victim: Any) -> list[Any]:
+        """Extra public encoders the defense builds on (`EncoderSpec`s), e.g. ZePAD's
+        MPAE partner. The grid pre-trains or loads them, hands them to `defend` as
+        `self.auxiliaries`, and white-box attackers get them as surrogates too."""
+        return []
 
     @staticmethod
     def fuse(logits: list[torch.Tensor]) -> torch.Tensor:

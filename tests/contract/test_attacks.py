@@ -24,15 +24,21 @@ def images():
     return x
 
 
+@pytest.fixture(scope="module")
+def labels(images):
+    """The attacker's labels (attacks built on a surrogate classifier need them; the rest ignore them)."""
+    return torch.randint(0, 10, (len(images),), generator=torch.Generator().manual_seed(2))
+
+
 def _attack(name, seed=0):
     cls = ATTACKS.get(name)
     return cls(cls.resolve_params("tiny", {"batch_size": 16}), eps=EPS, seed=seed)
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
-def test_budget_and_valid_images(name, surrogate, images):
+def test_budget_and_valid_images(name, surrogate, images, labels):
     attack = _attack(name)
-    delta = attack.craft(surrogate, images)
+    delta = attack.craft(surrogate, images, labels)
     assert delta.abs().max() <= EPS  # exactly within budget, no float slack
     assert delta.shape == ((1,) if attack.universal else (len(images),)) + images.shape[1:]
     x_adv = attack.apply(delta, images)
@@ -42,16 +48,16 @@ def test_budget_and_valid_images(name, surrogate, images):
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
-def test_same_seed_same_artifact(name, surrogate, images):
-    a = _attack(name, seed=5).craft(surrogate, images)
-    b = _attack(name, seed=5).craft(surrogate, images)
+def test_same_seed_same_artifact(name, surrogate, images, labels):
+    a = _attack(name, seed=5).craft(surrogate, images, labels)
+    b = _attack(name, seed=5).craft(surrogate, images, labels)
     assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
-def test_attack_moves_embeddings_more_than_random_noise(name, surrogate, images):
+def test_attack_moves_embeddings_more_than_random_noise(name, surrogate, images, labels):
     attack = _attack(name)
-    delta = attack.craft(surrogate, images)
+    delta = attack.craft(surrogate, images, labels)
     g = torch.Generator().manual_seed(0)
     noise = (torch.rand(images.shape, generator=g) * 2 - 1) * EPS
     with torch.no_grad():
@@ -68,8 +74,9 @@ def test_unclamped_apply_reproduces_reference_code():
     assert ATTACKS.get("uapgd").apply(delta, x, clamp=True).max() == 1
 
 
-def test_surrogate_is_left_as_it_was(surrogate, images):
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_surrogate_is_left_as_it_was(name, surrogate, images, labels):
     before = {k: v.clone() for k, v in surrogate.state_dict().items()}
-    _attack("embedattack").craft(surrogate, images)
+    _attack(name).craft(surrogate, images, labels)
     assert all(torch.equal(before[k], v) for k, v in surrogate.state_dict().items())
     assert all(p.requires_grad for p in surrogate.parameters())

@@ -149,3 +149,25 @@ def test_parallel_workers_give_the_same_results(tmp_path):
     parallel = run_grid(grid, cache_dir=tmp_path / "parallel", runs_dir=None, progress=False, executor=JoblibExecutor(2))
     assert sum(parallel.computed.values()) == len(parallel.plan.nodes)
     pd.testing.assert_frame_equal(_table(serial.results), _table(parallel.results))
+
+
+def test_scenarios_pick_surrogates_and_share_artifacts(tmp_path):
+    surrogate = {"name": "other-simclr", "method": "simclr", "dataset": "digits", "arch": "resnet18", "width": 8,
+                 "params": {"epochs": 1, "batch_size": 128, "max_samples": 256}}
+    grid = parse_grid({**MICRO_GRID, "scenarios": ["semi_black_box", "white_box", "transfer"],
+                       "surrogates": [surrogate], "transfer_from": "other-simclr",
+                       "attacks": [{"name": "uapgd", "params": {"steps": 2, "loss": "embedding"}}], "defenses": ["none"]})
+    report = run_grid(grid, cache_dir=tmp_path / "cache", runs_dir=None, progress=False)
+    assert set(report.results.scenario) == {"semi_black_box", "white_box", "transfer"}
+    # no defense here has auxiliary encoders: white-box == semi-black-box, one shared artifact
+    assert report.computed["craft"] == 2 and report.computed["pretrain"] == 2
+    by = report.results.set_index("scenario")
+    assert by.loc["white_box", "RA"] == by.loc["semi_black_box", "RA"]
+    assert by.loc["transfer", "surrogate"] == "other-simclr"
+
+
+def test_transfer_needs_a_known_surrogate():
+    from benchmark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="transfer_from 'nope' is not an encoder"):
+        parse_grid({**MICRO_GRID, "scenarios": ["transfer"], "transfer_from": "nope"})

@@ -88,3 +88,12 @@ def test_malformed_yaml_reports_the_line(tmp_path):
 def test_unknown_bundled_grid_name():
     with pytest.raises(ConfigError, match="Did you mean 'quick'"):
         load_grid("quik")
+
+
+def test_quick_grid_covers_every_registered_attack_and_defense():
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    grid = load_grid("quick")
+    assert {a.name for a in grid.attacks} == set(ATTACKS.names())
+    assert {d.name for d in grid.defenses} == set(DEFENSES.names())

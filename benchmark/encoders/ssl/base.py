@@ -32,7 +32,8 @@ import_torchvision()  # lightly imports torchvision; must come first on CPU torc
 
 SSL_METHODS: Registry = Registry(
     "SSL method", entry_point_group="daebench.ssl_methods",
-    builtin_modules=["benchmark.encoders.ssl.simclr", "benchmark.encoders.ssl.byol"],
+    builtin_package="benchmark.encoders.ssl",  # one module per method
+
 )
 register_ssl_method = SSL_METHODS.register
 
