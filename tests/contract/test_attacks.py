@@ -32,7 +32,7 @@ def labels(images):
 
 def _attack(name, seed=0):
     cls = ATTACKS.get(name)
-    return cls(cls.resolve_params("tiny", {"batch_size": 16}), eps=EPS, seed=seed)
+    return cls(cls.resolve_params(cls.profile_for(None, "tiny"), {"batch_size": 16}), eps=EPS, seed=seed)
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
@@ -54,7 +54,7 @@ def test_same_seed_same_artifact(name, surrogate, images, labels):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("name", [n for n in ATTACKS.names() if n != "noise"])  # noise is the control
 def test_attack_moves_embeddings_more_than_random_noise(name, surrogate, images, labels):
     attack = _attack(name)
     delta = attack.craft(surrogate, images, labels)

@@ -13,19 +13,24 @@ from tests.conftest import REPO, shared_file
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ci_results(tmp_path_factory):
+def _run_bundled(name: str, tmp_path_factory):
+    """Run a bundled real-data grid (sharing $DAEBENCH_CACHE with other runs when set)."""
     shared_file("cifar10-subset.npz")
     shared_file("gtsrb-subset.npz")
     cwd = os.getcwd()
-    os.chdir(REPO)  # the ci grid's npz paths are relative to the repository root
+    os.chdir(REPO)  # the grids' npz paths are relative to the repository root
     try:
-        grid = load_grid("ci")
-        cache = os.environ.get("DAEBENCH_CACHE") or tmp_path_factory.mktemp("ci") / "cache"
+        grid = load_grid(name)
+        cache = os.environ.get("DAEBENCH_CACHE") or tmp_path_factory.mktemp(name) / "cache"
         report = run_grid(grid, cache_dir=cache, runs_dir=tmp_path_factory.mktemp("runs"), progress=False)
     finally:
         os.chdir(cwd)
     return report.results
+
+
+@pytest.fixture(scope="module")
+def ci_results(tmp_path_factory):
+    return _run_bundled("ci", tmp_path_factory)
 
 
 def _cell(df, defense, attack, d_d="cifar10-subset"):
@@ -48,3 +53,19 @@ def test_every_attack_lowers_baseline_accuracy_on_both_downstream_sets(ci_result
     base = ci_results[ci_results.defense == "none"]
     assert set(base.D_d) == {"cifar10-subset", "gtsrb-subset"}
     assert (base.RA < base.BA).all()
+
+
+@pytest.fixture(scope="module")
+def ci_attack_results(tmp_path_factory):
+    return _run_bundled("ci-attacks", tmp_path_factory)
+
+
+def test_every_attack_beats_uniform_noise_on_a_real_encoder(ci_attack_results):
+    """Contract on real data: each attack lowers the baseline's downstream accuracy
+    more than uniform random noise of the same eps does."""
+    df = ci_attack_results[ci_attack_results.defense == "none"]
+    for d_d, rows in df.groupby("D_d"):
+        noise_ra = rows[rows.attack == "noise"].RA.item()
+        for _, row in rows[rows.attack != "noise"].iterrows():
+            assert row.RA < noise_ra, f"{row.attack} on {d_d}: RA {row.RA:.3f} vs noise {noise_ra:.3f}"
+            assert row.RA < row.BA
