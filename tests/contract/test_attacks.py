@@ -80,3 +80,20 @@ def test_surrogate_is_left_as_it_was(name, surrogate, images, labels):
     _attack(name).craft(surrogate, images, labels)
     assert all(torch.equal(before[k], v) for k, v in surrogate.state_dict().items())
     assert all(p.requires_grad for p in surrogate.parameters())
+
+
+def test_white_box_ensemble_sums_surrogate_losses(images, labels):
+    """Several surrogates act as one: squared-error losses add up over the encoders."""
+    from attacks.base import SurrogateEnsemble
+
+    torch.manual_seed(1)
+    a, b = build_encoder("resnet18", width=8).eval(), build_encoder("resnet18", width=8).eval()
+    ensemble = SurrogateEnsemble([a, b]).eval()
+    x_adv = (images + 0.01).clamp(0, 1)
+    with torch.no_grad():
+        joint = (ensemble(x_adv) - ensemble(images)).pow(2).sum(1)
+        split = (a(x_adv) - a(images)).pow(2).sum(1) + (b(x_adv) - b(images)).pow(2).sum(1)
+        assert torch.allclose(joint, split, rtol=1e-5, atol=1e-7)
+        assert ensemble.forward_features(images)["layer2"].shape[1] == 2 * a.forward_features(images)["layer2"].shape[1]
+    delta = _attack("pap").craft(ensemble, images, labels)
+    assert delta.abs().max() <= EPS
