@@ -196,3 +196,21 @@ class Attack(Configurable):
     def describe(self) -> dict[str, Any]:
         return {"attack": getattr(self, "registry_name", type(self).__name__), "eps": self.eps,
                 "universal": self.universal, "params": self.params.model_dump()}
+
+
+class PerSamplePGDParams(AttackParams):
+    steps: int = Field(20, ge=1)
+    step_size: float = Field(2 / 255, gt=0)
+    random_start: bool = True
+
+
+class PerSamplePGDAttack(Attack):
+    """Per-image sign-gradient PGD on `loss`: a subclass writes only its loss
+    (and, for a non-embedding target, `features`, the clean reference)."""
+
+    Params: ClassVar[type[PerSamplePGDParams]] = PerSamplePGDParams
+    universal: ClassVar[bool] = False
+
+    def perturb(self, surrogate: torch.nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        p = self.params
+        return self.pgd_per_sample(surrogate, x, generator, p.steps, p.step_size, p.random_start)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from attacks.base import Attack, AttackParams, register_attack
+from attacks.base import Attack, AttackParams, PerSamplePGDAttack, PerSamplePGDParams, register_attack
 from attacks.pap import Layer, layer_activations
 
 
@@ -70,7 +70,7 @@ class SSP(Attack):
         return self.universal_sign_ascent(objective, x, generator, p.epochs, p.step_size, random_init=True)
 
 
-class SSPPerSampleParams(AttackParams):
+class SSPPerSampleParams(PerSamplePGDParams):
     steps: int = Field(100, ge=1, description="iterations per image (NRP ssp.py --iters 100)")
     step_size: float = Field(0.01, gt=0, description="sign step (NRP ssp.py --step_size 0.01)")
     layer: Layer = Field("layer2", description="layer whose activations are distorted")
@@ -79,12 +79,11 @@ class SSPPerSampleParams(AttackParams):
 
 
 @register_attack("ssp_per_sample")
-class SSPPerSample(Attack):
+class SSPPerSample(PerSamplePGDAttack):
     """Per-image SSP (the original): PGD maximising intermediate-layer feature distortion."""
 
     Params = SSPPerSampleParams
     profiles = {"tiny": {"steps": 5}}
-    universal = False
 
     def features(self, surrogate, x):
         # pgd_per_sample passes these to `loss` as the clean reference: the layer, not the embedding
@@ -94,7 +93,3 @@ class SSPPerSample(Attack):
     def loss(self, surrogate, x_adv, x, clean_features):
         adv = layer_activations(surrogate, x_adv, self.params.layer)
         return feature_distortion(adv, clean_features, self.params.square_activations)
-
-    def perturb(self, surrogate, x, generator):
-        p = self.params
-        return self.pgd_per_sample(surrogate, x, generator, p.steps, p.step_size, p.random_start)
