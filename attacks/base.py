@@ -57,6 +57,12 @@ class AttackParams(Params):
     batch_size: int = Field(256, ge=1)
 
 
+class SurrogateClassifierParams(AttackParams):
+    """For attacks built on a surrogate classifier (the attacker's own head)."""
+
+    head_epochs: int = Field(20, ge=1, description="epochs of the surrogate classifier's head")
+
+
 class Attack(Configurable):
     """Subclass: set `universal`, `Params`, `profiles`; implement `loss` or `perturb`."""
 
@@ -129,7 +135,7 @@ class Attack(Configurable):
             raise ValueError(f"{type(self).__name__} needs the attacker's labels: call craft(surrogate, x, y)")
         return self._labels
 
-    def surrogate_classifier(self, surrogate: torch.nn.Module, x: torch.Tensor, epochs: int = 20) -> torch.nn.Module:
+    def surrogate_classifier(self, surrogate: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
         """surrogate + a head trained on the attacker's labelled data (the reference head).
 
         UAP-style attacks need class decisions; the attacker, who has labelled data
@@ -140,6 +146,7 @@ class Attack(Configurable):
         with torch.no_grad():
             feats = torch.cat([surrogate(x[i:i + 512].to(self.device)).cpu() for i in range(0, len(x), 512)])
         y = self.labels()
+        epochs = getattr(self.params, "head_epochs", SurrogateClassifierParams.model_fields["head_epochs"].default)
         head = train_head(feats, y, int(y.max()) + 1, HeadParams(epochs=epochs), seed=self.seed, device=self.device)
         for p in head.parameters():
             p.requires_grad_(False)
@@ -192,10 +199,6 @@ class Attack(Configurable):
     def progress_bar(self, items, unit: str):
         name = getattr(self, "registry_name", type(self).__name__)
         return tqdm(items, desc=f"craft:{name}", unit=unit, leave=False, disable=not self.progress)
-
-    def describe(self) -> dict[str, Any]:
-        return {"attack": getattr(self, "registry_name", type(self).__name__), "eps": self.eps,
-                "universal": self.universal, "params": self.params.model_dump()}
 
 
 class PerSamplePGDParams(AttackParams):

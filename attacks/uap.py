@@ -55,11 +55,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from attacks.base import Attack, AttackParams, register_attack
+from attacks.base import Attack, SurrogateClassifierParams, register_attack
 from benchmark.runtime import batches
 
 
-class UAPParams(AttackParams):
+class UAPParams(SurrogateClassifierParams):
     batch_size: int = Field(8, ge=1, description="images per DeepFool batch (1 = the sequential original)")
     max_passes: int = Field(10, ge=1, description="passes over the attacker set (reference: until the target)")
     target_fooling_rate: float = Field(0.8, gt=0, le=1, description="stop once reached (reference: 1 - delta, delta=0.2)")
@@ -67,7 +67,6 @@ class UAPParams(AttackParams):
     num_candidates: int = Field(10, ge=2, description="DeepFool candidate classes: the top-k logits")
     overshoot: float = Field(0.02, ge=0)
     max_images: int | None = Field(None, ge=1, description="craft on a random subset of this many images")
-    head_epochs: int = Field(20, ge=1, description="epochs of the surrogate classifier's head")
 
 
 @register_attack("uap")
@@ -82,7 +81,7 @@ class UAP(Attack):
     def perturb(self, surrogate, x, generator):
         p = self.params
         # The head learns from all the attacker's labelled data; v from at most max_images of it.
-        classifier = self.surrogate_classifier(surrogate, x, epochs=p.head_epochs)
+        classifier = self.surrogate_classifier(surrogate, x)
         if p.max_images is not None and p.max_images < len(x):
             x = x[torch.randperm(len(x), generator=generator)[:p.max_images]]
         return self.universal_deepfool(classifier, x, generator)

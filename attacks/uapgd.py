@@ -29,17 +29,16 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from attacks.base import Attack, AttackParams, register_attack
+from attacks.base import Attack, SurrogateClassifierParams, register_attack
 from benchmark.runtime import batches
 
 
-class UAPGDParams(AttackParams):
+class UAPGDParams(SurrogateClassifierParams):
     loss: Literal["ce", "embedding"] = Field("ce", description="ce: surrogate classifier + labels; embedding: label-free")
     epochs: int = Field(5, ge=1, description="passes over the attacker's data")
     steps: int = Field(10, ge=1, description="inner momentum steps per batch")
     step_size: float = Field(1 / 255, gt=0)
     momentum: float = Field(0.5, ge=0, le=1)
-    head_epochs: int = Field(20, ge=1, description="epochs of the surrogate classifier's head (loss='ce')")
 
 
 @register_attack("uapgd")
@@ -57,7 +56,7 @@ class UAPGD(Attack):
     def perturb(self, surrogate, x, generator):
         if self.params.loss == "embedding":
             return self._perturb_embedding(surrogate, x, generator)
-        return self._perturb_ce(self.surrogate_classifier(surrogate, x, epochs=self.params.head_epochs),
+        return self._perturb_ce(self.surrogate_classifier(surrogate, x),
                                 x, self.labels(), generator)
 
     def _perturb_ce(self, classifier, x, y, generator):

@@ -9,7 +9,7 @@ and import again. Models, transforms and datasets then work; `torchvision.ops`
 On a machine where torchvision imports cleanly (a matching CUDA or CPU build)
 this does nothing.
 
-Call `import_torchvision()` (or `ensure_torchvision()`) before anything that
+Call `import_torchvision()` before anything that
 imports torchvision or lightly.
 """
 
@@ -50,5 +50,3 @@ def import_torchvision() -> ModuleType:
         import torchvision
     return torchvision
 
-
-ensure_torchvision = import_torchvision

@@ -21,7 +21,6 @@ from benchmark.errors import ConfigError, DAEBenchError
 from benchmark.heads import HeadParams
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-SCENARIOS = ("semi_black_box", "white_box", "transfer")
 Scenario = Literal["semi_black_box", "white_box", "transfer"]
 _FRACTION = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+)\s*$")
 

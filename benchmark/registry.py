@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from importlib.metadata import entry_points
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import Generic, Iterable, TypeVar
 
 from benchmark.errors import RegistryCollisionError, UnknownNameError
 
@@ -148,15 +148,6 @@ class Registry(Generic[T]):
             self.get(name)
         return name
 
-    def origin(self, name: str) -> str:
-        self._discover()
-        return self._origins.get(name, "?")
-
-    def items(self) -> list[tuple[str, T]]:
-        return [(n, self.get(n)) for n in self.names()]
-
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self.names())} entries)"
 
-
-Factory = Callable[..., T]

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
@@ -161,6 +160,3 @@ def _clone(encoder: Encoder) -> Encoder:
         param.requires_grad_(True)
     return clone
 
-
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y)

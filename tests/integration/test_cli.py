@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from benchmark.cli import main
-from tests.conftest import MICRO_GRID, write_grid
+from tests.conftest import write_grid
 
 
 def _run(capsys, *argv):

@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from benchmark.config import load_grid, parse_grid
+from benchmark.config import parse_grid
 from benchmark.errors import StageFailedError
 from benchmark.run import run_grid
 from tests.conftest import MICRO_GRID, write_grid
