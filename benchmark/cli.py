@@ -1,4 +1,4 @@
-"""`daebench ...`: run, list, validate, results.
+"""`daebench ...`: run, list, validate, results, tables, plots, leaderboard.
 
 Errors a user can cause are printed as one paragraph, without a traceback, and
 exit with status 2; a grid whose stages failed exits with 1 after keeping every
@@ -14,6 +14,7 @@ from pathlib import Path
 from benchmark.errors import DAEBenchError
 
 LISTABLE = ("attacks", "defenses", "encoders", "datasets", "ssl")
+REPORTS = Path("results/reports")
 
 
 def _registries():
@@ -84,17 +85,68 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    import pandas as pd
-
+    from benchmark.report.results import load_run
     from benchmark.run import format_results
 
-    path = Path(args.run)
-    csv = path / "results.csv" if path.is_dir() else Path(args.runs_dir) / args.run / "results.csv"
-    if not csv.is_file():
-        runs = sorted(p.name for p in Path(args.runs_dir).glob("*") if (p / "results.csv").is_file())
-        raise DAEBenchError(f"No results for run '{args.run}' (looked for {csv}). "
-                            f"Runs with results: {', '.join(runs) or 'none yet: start one with `daebench run`'}.")
-    print(format_results(pd.read_csv(csv)))
+    print(format_results(load_run(args.run, args.runs_dir).results))
+    return 0
+
+
+def _context(args: argparse.Namespace) -> dict:
+    """The table/plot context options (None = the paper's default, or what the run has)."""
+    eps = None
+    if args.eps:
+        from benchmark.config import parse_fraction
+
+        try:
+            eps = parse_fraction(args.eps)
+        except ValueError as err:
+            raise DAEBenchError(f"--eps: {err}") from None
+    return {"defense": args.defense, "attack": args.attack, "eps": eps, "downstream": args.downstream}
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from benchmark.report.results import load_run
+    from benchmark.report.tables import TABLES, write_tables
+
+    run = load_run(args.run, args.runs_dir)
+    names = [TABLES.check(n) for n in args.table] if args.table else None
+    paper = None
+    if args.paper:
+        from benchmark.report.paper import paper_results
+
+        paper = paper_results()
+    out = Path(args.out) if args.out else REPORTS / run.name / "tables"
+    files = write_tables(run.results, out, paper, names, **_context(args))
+    print(f"{len(files)} files in {out} (index: {files[0]})")
+    return 0
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    from benchmark.report.plots import PLOTS, write_plots
+    from benchmark.report.results import load_run
+
+    run = load_run(args.run, args.runs_dir)
+    names = [PLOTS.check(n) for n in args.plot] if args.plot else None
+    out = Path(args.out) if args.out else REPORTS / run.name / "plots"
+    files, skipped = write_plots(run, out, names, **_context(args))
+    print(f"{len(files)} files in {out}")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from benchmark.report.leaderboard import update
+
+    changed, _ = update(Path(args.file), Path(args.runs_dir), args.runs or None, check=args.check)
+    if args.check:
+        if changed:
+            print(f"{args.file} is stale: run `daebench leaderboard` and commit it.", file=sys.stderr)
+            return 1
+        print(f"{args.file} is up to date.")
+        return 0
+    print(f"{args.file} {'rewritten' if changed else 'already up to date'}.")
     return 0
 
 
@@ -126,6 +178,33 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("run", help="run name (the grid's name) or a run directory")
     res.add_argument("--runs-dir", default=str(DEFAULT_RUNS))
     res.set_defaults(fn=cmd_results)
+
+    def context_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run", help="run name (the grid's name) or a run directory")
+        p.add_argument("--runs-dir", default=str(DEFAULT_RUNS))
+        p.add_argument("--out", help="output directory (default results/reports/RUN/...)")
+        p.add_argument("--defense", help="the defense compared with the baseline (default: zepad, else the best mean RA)")
+        p.add_argument("--attack", help="the attack of single-attack tables (default: advencoder, else the grid's first)")
+        p.add_argument("--eps", help="the perturbation budget, e.g. 10/255 (default: 10/255, else the smallest)")
+        p.add_argument("--downstream", help="D_d of single-setting tables and plots (default: the run's first)")
+
+    tab = sub.add_parser("tables", help="write the paper's tables (markdown, LaTeX, CSV) from a run")
+    context_options(tab)
+    tab.add_argument("--table", action="append", help="only this table (repeatable): 1-7, S1-S5")
+    tab.add_argument("--paper", action="store_true", help="add the paper-reported numbers beneath, labelled")
+    tab.set_defaults(fn=cmd_tables)
+
+    plo = sub.add_parser("plots", help="draw the paper's figures (PNG + PDF) from a run")
+    context_options(plo)
+    plo.add_argument("--plot", action="append", help="only this plot (repeatable)")
+    plo.set_defaults(fn=cmd_plots)
+
+    lead = sub.add_parser("leaderboard", help="rebuild the generated section of leaderboard.md")
+    lead.add_argument("runs", nargs="*", help="runs to rank (default: those the file's start marker names)")
+    lead.add_argument("--file", default="leaderboard.md")
+    lead.add_argument("--runs-dir", default=str(DEFAULT_RUNS))
+    lead.add_argument("--check", action="store_true", help="exit 1 if the file is stale; write nothing")
+    lead.set_defaults(fn=cmd_leaderboard)
     return parser
 
 

@@ -39,3 +39,10 @@ def robustness_metrics(labels: torch.Tensor, pred_clean: torch.Tensor, pred_adv:
     out |= _rate("RA", pred_adv == labels)
     out |= _rate("ASR", pred_adv != pred_clean)
     return out
+
+
+def detection_metrics(flagged_clean: torch.Tensor, flagged_adv: torch.Tensor) -> dict[str, float]:
+    """Detection accuracy over the clean (correct when not flagged) and adversarial
+    (correct when flagged) images together, as the ZePAD paper's Table 6 counts it."""
+    correct = torch.cat([~flagged_clean.bool(), flagged_adv.bool()])
+    return _rate("detection_accuracy", correct)

@@ -147,6 +147,14 @@ class _Planner:
         inputs = {"victim": victim} | {f"aux{i}": key for i, key in enumerate(aux)}
         return self.plan.add("defend", spec, inputs, f"defend {defense.display} D_f={d_f}")
 
+    def params_json(self, kind: str, plugin: PluginSpec) -> str:
+        """A plugin's resolved parameters (profile + overrides) as canonical JSON, for the results table."""
+        from attacks import ATTACKS
+        from defenses import DEFENSES
+
+        cls = (ATTACKS if kind == "attack" else DEFENSES).get(plugin.name)
+        return canonical_json(cls.resolve_params(cls.profile_for(plugin.profile, self.grid.profile), plugin.params).model_dump())
+
     def surrogates(self, scenario: str, victim: str, aux: list[str], seed: int) -> list[str]:
         if scenario == "semi_black_box":
             return [victim]
@@ -181,7 +189,10 @@ class _Planner:
                         row = {"encoder": enc.name, "method": enc.method or "checkpoint", "D_p": enc.dataset or "",
                                "defense": defense.display, "D_f": d_f, "D_d": d_d, "attack": attack.display,
                                "scenario": scenario, "surrogate": g.transfer_from if scenario == "transfer" else enc.name,
-                               "eps": eps, "seed": seed, "clamp": g.clamp}
+                               "eps": eps, "seed": seed, "clamp": g.clamp,
+                               # the registry names and resolved parameters, so reports can sweep a parameter
+                               "defense_name": defense.name, "defense_params": self.params_json("defense", defense),
+                               "attack_name": attack.name, "attack_params": self.params_json("attack", attack)}
                         self.plan.cells.append(Cell(row, key))
         return self.plan
 

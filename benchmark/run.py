@@ -28,6 +28,7 @@ from benchmark.errors import DAEBenchError, StageFailedError
 from benchmark.executors import Executor, JoblibExecutor
 from benchmark.plan import Node, Plan, grid_hash, plan_grid
 from benchmark.provenance import provenance
+from benchmark.report.results import collect_results, write_results
 from benchmark.stages import STAGES, StageContext
 from benchmark.store import ArtifactStore
 
@@ -90,6 +91,7 @@ class RunReport:
     skipped: int = 0
     wall_seconds: float = 0.0
     run_dir: Path | None = None
+    cache_dir: Path | None = None
 
     def summary(self) -> str:
         lines = [f"{'stage':<11}{'cached':>8}{'computed':>10}{'seconds':>10}"]
@@ -147,7 +149,8 @@ def run_grid(
                         bar.update(1)
     bar.close()
     report.skipped = len(dead)
-    report.results = collect_results(plan, store)
+    report.results = collect_results(plan, store, grid_hash(grid))
+    report.cache_dir = store.root
     report.wall_seconds = time.perf_counter() - started
     if runs_dir is not None:
         report.run_dir = write_run(report, Path(runs_dir))
@@ -166,29 +169,20 @@ def failure_message(report: RunReport) -> str:
     return " ".join(parts)
 
 
-def collect_results(plan: Plan, store: ArtifactStore) -> pd.DataFrame:
-    """One tidy row per cell whose evaluation exists."""
-    rows = []
-    for cell in plan.cells:
-        if not store.exists("evaluate", cell.evaluate_key):
-            continue
-        meta = store.load_meta("evaluate", cell.evaluate_key)
-        rows.append({**cell.row, **meta["metrics"], "key": cell.evaluate_key})
-    return pd.DataFrame(rows)
-
-
 def write_run(report: RunReport, runs_dir: Path) -> Path:
-    """results.csv + the exact grid + provenance, side by side (numbers never travel alone)."""
+    """results.csv/.parquet + the exact grid + provenance, side by side (numbers never travel alone)."""
     import json
 
     import yaml
 
     run_dir = runs_dir / report.grid.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    report.results.to_csv(run_dir / "results.csv", index=False)
+    write_results(report.results, run_dir)
     (run_dir / "grid.yaml").write_text(yaml.safe_dump(report.grid.model_dump(mode="json"), sort_keys=False))
     run_info: dict[str, Any] = {
-        "grid": report.grid.name, "grid_hash": grid_hash(report.grid), **provenance(report.grid.device),
+        "grid": report.grid.name, "description": report.grid.description, "grid_hash": grid_hash(report.grid),
+        **provenance(report.grid.device),
+        "cache_dir": str(Path(report.cache_dir).resolve()) if report.cache_dir else None,
         "wall_seconds": round(report.wall_seconds, 2), "cached": dict(report.hits), "computed": dict(report.computed),
         "stage_seconds": {k: round(v, 2) for k, v in report.seconds.items()},
         "failures": [{"stage": f.label, "error": f.error} for f in report.failures],

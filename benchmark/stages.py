@@ -25,7 +25,7 @@ import torch
 from benchmark.data import ImageData, load_dataset
 from benchmark.encoders.backbones import build_encoder, pack_branches, unpack_branches
 from benchmark.heads import HeadParams, make_head, predict_logits, train_head
-from benchmark.metrics import robustness_metrics
+from benchmark.metrics import detection_metrics, robustness_metrics
 from benchmark.runtime import batches, seed_everything
 from benchmark.store import Artifact
 
@@ -169,16 +169,21 @@ def run_evaluate(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> 
     heads = _heads(inputs["head"], HeadParams(**spec["head_params"]))
     clean, adv = inputs["clean"], inputs["adv"]
     labels = clean.tensors["labels"]
-    fuse = DEFENSES.get(spec["defense"]).fuse
+    defense = DEFENSES.get(spec["defense"])
     out: Tensors = {"labels": labels}
-    preds = {}
+    preds, flagged = {}, {}
     for which, feats in (("clean", clean), ("adv", adv)):
         logits = [predict_logits(h, feats.tensors[f"branch{i}"]) for i, h in enumerate(heads)]
-        for i, lg in enumerate(logits):
-            out[f"confidence_{which}_branch{i}"] = lg.softmax(1).max(1).values
-        preds[which] = fuse(logits).argmax(1)
+        confidences = [lg.softmax(1).max(1).values for lg in logits]
+        for i, conf in enumerate(confidences):
+            out[f"confidence_{which}_branch{i}"] = conf
+        preds[which] = defense.fuse(logits).argmax(1)
         out[f"pred_{which}"] = preds[which]
+        flagged[which] = defense.detect(confidences)
     metrics = robustness_metrics(labels, preds["clean"], preds["adv"])
+    if flagged["clean"] is not None:  # a detector: clean images should pass, adversarial ones be flagged
+        metrics |= detection_metrics(flagged["clean"], flagged["adv"])
+        out |= {"flagged_clean": flagged["clean"], "flagged_adv": flagged["adv"]}
     return out, {"metrics": metrics, "clamp": spec["clamp"]}
 
 

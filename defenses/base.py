@@ -70,6 +70,15 @@ class Defense(Configurable):
         return []
 
     @staticmethod
+    def detect(confidences: list[torch.Tensor]) -> torch.Tensor | None:
+        """Flag inputs as adversarial from per-branch confidences (max softmax), or None
+        when the defense has no detector. ZePAD flags a DAE when its MPAE branch is
+        more confident than its BMP branch by a margin; the evaluation then reports
+        the detection accuracy over the clean (should pass) and adversarial (should be
+        flagged) test images."""
+        return None
+
+    @staticmethod
     def fuse(logits: list[torch.Tensor]) -> torch.Tensor:
         """Combine per-branch logits into one prediction; one branch: itself."""
         if len(logits) != 1:

@@ -43,3 +43,15 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not here (the real data lives in ../shared/data beside the repo)")
     return path
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """The micro grid run once per session: (root with cache/ and runs/, grid, report). Read-only."""
+    from benchmark.config import parse_grid
+    from benchmark.run import run_grid
+
+    root = tmp_path_factory.mktemp("micro-run")
+    grid = parse_grid(MICRO_GRID)
+    report = run_grid(grid, cache_dir=root / "cache", runs_dir=root / "runs", progress=False)
+    return root, grid, report

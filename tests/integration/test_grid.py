@@ -23,12 +23,9 @@ def _table(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["defense", "attack"]).reset_index(drop=True)[["defense", "attack", *METRICS]]
 
 
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grid")
-    grid = parse_grid(MICRO_GRID)
-    report = run_grid(grid, cache_dir=root / "cache", runs_dir=root / "runs", progress=False)
-    return root, grid, report
+@pytest.fixture
+def first_run(micro_run):
+    return micro_run
 
 
 def test_every_cell_has_a_result(first_run):

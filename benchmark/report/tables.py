@@ -1,0 +1,434 @@
+"""The ZePAD paper's tables, rebuilt from a run's tidy results (and from the paper's own numbers).
+
+Each table is a registered builder: tidy rows in, a pandas DataFrame out, in the
+paper's layout (rows D_p / D_d / baseline-ours-delta, one column per SSL method plus
+AVG, and so on). The same builder runs on the measured rows and on the
+paper-reported rows (`paper.py`), so the two can be shown side by side, each block
+labelled with its source. A cell the data does not cover stays empty: nothing is
+ever filled in.
+
+Which defense is "ours", which attack and which eps a table shows are a
+`TableContext`; its defaults follow the paper (ZePAD, AdvEncoder, 10/255) and fall
+back to what the run has (the defense with the best mean RA, the grid's first
+attack, the smallest eps). Values are percentages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from benchmark.registry import Registry
+
+BASELINE = "none"
+DELTA = "Δ"
+AVG = "AVG"
+PAPER_METHODS = ["wmse", "byol", "nnclr", "simclr", "mocov2plus", "mocov3", "supcon", "ressl", "dino", "swav", "vibcreg"]
+METHOD_LABELS = {"wmse": "W-MSE", "byol": "BYOL", "nnclr": "NNCLR", "simclr": "SimCLR", "mocov2plus": "MoCo2+",
+                 "mocov3": "MoCo3", "supcon": "SupCon", "ressl": "RESSL", "dino": "DINO", "swav": "SwAV",
+                 "vibcreg": "VibCreg"}
+PAPER_EPS = 10 / 255
+
+
+@dataclass(frozen=True)
+class TableContext:
+    """What a table shows: the defense compared with the baseline, the attack, eps, and for
+    single-setting tables (7, S4, 5) the D_f / D_d they are read at."""
+
+    defense: str
+    attack: str | None
+    eps: float | None
+    fine_tune: str | None = None
+    downstream: str | None = None
+    sweep: str | None = None  # the defense parameter of Table S5 (ZePAD's lambda)
+
+    @classmethod
+    def defaults(cls, df: pd.DataFrame, **overrides: str | float | None) -> "TableContext":
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(
+            defense=given.get("defense") or _default_defense(df),
+            attack=given.get("attack") or _default_attack(df),
+            eps=given.get("eps") or _default_eps(df),
+            fine_tune=given.get("fine_tune") or _first(df, "D_f"),
+            downstream=given.get("downstream") or _first(df, "D_d"),
+            sweep=given.get("sweep") or _default_sweep(df, given.get("defense") or _default_defense(df)),
+        )
+
+    def describe(self) -> str:
+        eps = f"{self.eps * 255:.0f}/255" if self.eps else "any"
+        return f"ours = {self.defense} (vs baseline {BASELINE}), attack = {self.attack}, eps = {eps}"
+
+
+@dataclass
+class Table:
+    """A built table: its frame (numbers in %), caption and the context it was read at."""
+
+    name: str
+    title: str
+    frame: pd.DataFrame
+    context: str = ""
+    signed_rows: tuple[str, ...] = (DELTA,)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.frame.empty or bool(self.frame.isna().all().all())
+
+
+Builder = Callable[[pd.DataFrame, TableContext], pd.DataFrame]
+TABLES: Registry[tuple[str, Builder]] = Registry("table")
+
+
+def register_table(name: str, title: str):
+    def add(fn: Builder) -> Builder:
+        TABLES.register(name, (title, fn), origin=fn.__module__)
+        return fn
+    return add
+
+
+# -- defaults -----------------------------------------------------------------------------
+def _first(df: pd.DataFrame, col: str) -> str | None:
+    values = df[col].dropna() if col in df else []
+    return str(values.iloc[0]) if len(values) else None
+
+
+def _default_defense(df: pd.DataFrame) -> str:
+    names = set(df.get("defense_name", df["defense"]))
+    if "zepad" in names:
+        return str(df.loc[df.get("defense_name", df["defense"]) == "zepad", "defense"].iloc[0])
+    others = df[df.defense != BASELINE]
+    if others.empty:
+        return BASELINE
+    return str(others.groupby("defense")["RA"].mean().idxmax())
+
+
+def _default_attack(df: pd.DataFrame) -> str | None:
+    attacks = df["attack"].dropna()
+    if attacks.empty:
+        return None
+    return "advencoder" if "advencoder" in set(attacks) else str(attacks.iloc[0])
+
+
+def _default_eps(df: pd.DataFrame) -> float | None:
+    eps = df["eps"].dropna()
+    if eps.empty:
+        return None
+    return PAPER_EPS if np.isclose(eps, PAPER_EPS).any() else float(eps.min())
+
+
+def _default_sweep(df: pd.DataFrame, defense: str) -> str | None:
+    """The parameter that varies across the variants of "ours", if exactly one family varies."""
+    family = _family(df, defense)
+    if family.empty or "defense_params" not in family:
+        return None
+    params = [json.loads(p) for p in family["defense_params"].dropna().unique()]
+    varying = sorted({k for p in params for k in p if len({json.dumps(q.get(k)) for q in params}) > 1})
+    return "lambda" if "lambda" in varying else (varying[0] if varying else None)
+
+
+def _family(df: pd.DataFrame, defense: str) -> pd.DataFrame:
+    """Every row of the defense "ours" belongs to, across its variants (labels)."""
+    if "defense_name" not in df:
+        return df[df.defense == defense]
+    names = df.loc[df.defense == defense, "defense_name"]
+    return df[df.defense_name == names.iloc[0]] if len(names) else df.iloc[0:0]
+
+
+# -- selection helpers ------------------------------------------------------------------------
+def victim_label(df: pd.DataFrame) -> pd.Series:
+    """The column a victim encoder gets: its SSL method (paper label), or its name when loaded."""
+    method = df["method"].fillna("")
+    named = df["encoder"].fillna("") if "encoder" in df else method
+    return pd.Series(np.where(method.isin(["", "checkpoint"]), named, method.map(lambda m: METHOD_LABELS.get(m, m))),
+                     index=df.index)
+
+
+def _select(df: pd.DataFrame, ctx: TableContext, *, scenario: str | None = "semi_black_box",
+            attack: bool = True, eps: bool = True) -> pd.DataFrame:
+    out = df
+    if scenario is not None:
+        out = out[out.scenario == scenario]
+    if attack and ctx.attack is not None:
+        out = out[out.attack == ctx.attack]
+    if eps and ctx.eps is not None and out["eps"].notna().any():
+        out = out[np.isclose(out["eps"].astype(float), ctx.eps)]
+    return out
+
+
+def _pick(df: pd.DataFrame, col: str, value: str | None) -> pd.DataFrame:
+    """Filter on col == value, unless the column is unrecorded (all missing) there."""
+    if value is None or col not in df or df[col].isna().all():
+        return df
+    return df[df[col] == value]
+
+
+def _columns(victims: pd.Series) -> list[str]:
+    """Paper order first, then anything else in order of appearance."""
+    order = [METHOD_LABELS[m] for m in PAPER_METHODS]
+    seen = list(dict.fromkeys(victims))
+    return [c for c in order if c in seen] + [c for c in seen if c not in order]
+
+
+def _with_avg(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    frame = frame.copy()
+    frame[AVG] = frame.mean(axis=1, skipna=True)
+    return frame
+
+
+def _baseline_vs_ours(df: pd.DataFrame, ctx: TableContext, metric: str, index: list[str], same_data: bool,
+                      scenario: str) -> pd.DataFrame:
+    """Rows: the index levels, then baseline / ours / Δ; columns: victim encoders + AVG."""
+    d = _select(df, ctx, scenario=scenario, attack=metric != "BA")
+    d = d[(d.D_f == d.D_d) if same_data else (d.D_f != d.D_d)]
+    d = d[d.defense.isin([BASELINE, ctx.defense])].assign(victim=lambda t: victim_label(t))
+    if d.empty:
+        return pd.DataFrame()
+    if "D_f and D_d" in index:
+        d = d.assign(**{"D_f and D_d": d.D_d})
+    cols = _columns(d.victim)
+    values = d.groupby([*index, "defense", "victim"], sort=False)[metric].first().mul(100).unstack("victim")
+    values = values.reindex(columns=cols)
+    blocks = []
+    for keys, block in values.groupby(level=index, sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        base = block.xs(BASELINE, level="defense").iloc[0] if BASELINE in block.index.get_level_values("defense") \
+            else pd.Series(np.nan, index=cols)
+        ours = block.xs(ctx.defense, level="defense").iloc[0] if ctx.defense in block.index.get_level_values("defense") \
+            else pd.Series(np.nan, index=cols)
+        rows = pd.DataFrame([base, ours, ours - base], index=pd.MultiIndex.from_tuples(
+            [(*keys, "baseline"), (*keys, ctx.defense), (*keys, DELTA)], names=[*index, "Method"]))
+        blocks.append(rows)
+    out = pd.concat(blocks)
+    out = _with_avg(out)
+    # Δ of AVG is the difference of the averages (as in the paper), which _with_avg already gives
+    return out
+
+
+# -- the tables ------------------------------------------------------------------------------
+@register_table("1", "BA (%) of the baseline and the defense, D_f = D_d (semi-black-box)")
+def table_1(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    return _baseline_vs_ours(df, ctx, "BA", ["D_p", "D_f and D_d"], True, "semi_black_box")
+
+
+@register_table("2", "RA (%) of the baseline and the defense, D_f = D_d (semi-black-box)")
+def table_2(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    return _baseline_vs_ours(df, ctx, "RA", ["D_p", "D_f and D_d"], True, "semi_black_box")
+
+
+@register_table("3", "BA (%) of the baseline and the defense, D_f != D_d (semi-black-box)")
+def table_3(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    return _baseline_vs_ours(df, ctx, "BA", ["D_f", "D_d"], False, "semi_black_box")
+
+
+@register_table("4", "RA (%) of the baseline and the defense, D_f != D_d (semi-black-box)")
+def table_4(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    return _baseline_vs_ours(df, ctx, "RA", ["D_f", "D_d"], False, "semi_black_box")
+
+
+@register_table("S1", "BA (%) of the baseline and the defense in the white-box scenario")
+def table_s1(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    return _baseline_vs_ours(df, ctx, "BA", ["D_f and D_d"], True, "white_box")
+
+
+@register_table("S2", "RA (%) of the baseline and the defense in the white-box scenario")
+def table_s2(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    return _baseline_vs_ours(df, ctx, "RA", ["D_f and D_d"], True, "white_box")
+
+
+@register_table("5", "Ablation: BA / RA / ASR (%) of each variant of the defense, and the baseline")
+def table_5(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    d = d[(d.defense == BASELINE) | d.index.isin(_family(d, ctx.defense).index)]
+    if d.empty:
+        return pd.DataFrame()
+    d = d.assign(victim=victim_label(d))
+    out = d.groupby(["victim", "defense"], sort=False)[["BA", "RA", "ASR"]].first().mul(100)
+    return out.rename_axis(["Victim", "Defense"])
+
+
+@register_table("6", "DAE detection accuracy (%) of the defense's detector")
+def table_6(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    if "detection_accuracy" not in df:
+        return pd.DataFrame()
+    d = _select(df, ctx)
+    d = d[(d.defense == ctx.defense) & d.detection_accuracy.notna()].assign(victim=lambda t: victim_label(t))
+    if d.empty:
+        return pd.DataFrame()
+    out = d.groupby(["D_f", "D_d", "victim"], sort=False)["detection_accuracy"].first().mul(100).unstack("victim")
+    return _with_avg(out.reindex(columns=_columns(d.victim)))
+
+
+@register_table("7", "Defenses compared: BA and RA (%) per attack; Δ = the defense minus the best other")
+def table_7(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    d = _pick(_pick(_select(df, ctx, attack=False), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    d = d[d.defense != BASELINE].assign(victim=lambda t: victim_label(t))
+    if d.empty:
+        return pd.DataFrame()
+    ba = d.groupby(["victim", "defense"], sort=False)["BA"].first()
+    ra = d.dropna(subset=["attack"]).groupby(["victim", "defense", "attack"], sort=False)["RA"].first().unstack("attack")
+    ra.columns = [f"{a} RA" for a in ra.columns]
+    out = pd.concat([ba.rename("BA"), ra], axis=1).mul(100)
+    blocks = []
+    for victim, block in out.groupby(level="victim", sort=False):
+        block = block.copy()
+        defenses = block.index.get_level_values("defense")
+        if ctx.defense in defenses and len(defenses) > 1:
+            ours = block.xs(ctx.defense, level="defense").iloc[0]
+            best_other = block[defenses != ctx.defense].max()
+            block.loc[(victim, DELTA), :] = (ours - best_other).values
+        blocks.append(block)
+    return pd.concat(blocks).rename_axis(["Model", "Method"])
+
+
+@register_table("S3", "BA / RA (%) of each fusion (or other) variant of the defense")
+def table_s3(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    d = _family(d, ctx.defense).assign(victim=lambda t: victim_label(t))
+    if d.empty:
+        return pd.DataFrame()
+    long = d.melt(id_vars=["defense", "victim"], value_vars=["BA", "RA"], var_name="Metric")
+    out = long.groupby(["defense", "Metric", "victim"], sort=False)["value"].first().mul(100).unstack("victim")
+    return _with_avg(out.reindex(columns=_columns(d.victim))).rename_axis(["Variant", "Metric"])
+
+
+@register_table("S4", "RA (%) of the defense under each perturbation budget")
+def table_s4(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    d = _pick(_pick(_select(df, ctx, eps=False), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    d = d[d.defense == ctx.defense].assign(victim=lambda t: victim_label(t))
+    if d.empty:
+        return pd.DataFrame()
+    d = d.assign(eps_label=d.eps.map(lambda e: f"{e * 255:.0f}/255")).sort_values("eps", kind="stable")
+    out = d.groupby(["eps_label", "victim"], sort=False)["RA"].first().mul(100).unstack("victim")
+    return _with_avg(out.reindex(columns=_columns(d.victim))).rename_axis("ϵ")
+
+
+@register_table("S5", "BA / RA (%) of the defense as one of its parameters sweeps (the paper: lambda)")
+def table_s5(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
+    if ctx.sweep is None or "defense_params" not in df:
+        return pd.DataFrame()
+    d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    d = _family(d, ctx.defense)
+    if d.empty:
+        return pd.DataFrame()
+    # only the variants that differ from "ours" in the swept parameter alone
+    ours = d.loc[d.defense == ctx.defense, "defense_params"]
+    if len(ours):
+        base = {k: v for k, v in json.loads(ours.iloc[0]).items() if k != ctx.sweep}
+        d = d[d.defense_params.map(lambda p: {k: v for k, v in json.loads(p).items() if k != ctx.sweep} == base)]
+    d = d.assign(victim=victim_label(d), value=d.defense_params.map(lambda p: json.loads(p).get(ctx.sweep)))
+    d = d.dropna(subset=["value"]).sort_values("value", kind="stable")
+    d["value"] = d["value"].map(lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v))
+    out = d.groupby(["value", "victim"], sort=False)[["BA", "RA"]].first().mul(100).unstack("victim")
+    out = out.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([_columns(d.victim), ["BA", "RA"]]))
+    return out.rename_axis(ctx.sweep)
+
+
+# -- building and writing ----------------------------------------------------------------------
+def build_table(name: str, measured: pd.DataFrame, paper: pd.DataFrame | None = None,
+                **context: str | float | None) -> Table:
+    """One table from the measured rows, with the paper-reported block beneath when given."""
+    title, builder = TABLES.get(name)
+    ctx = TableContext.defaults(measured, **context) if not measured.empty else None
+    frame = builder(measured, ctx) if ctx else pd.DataFrame()
+    described = ctx.describe() if ctx else "no measured rows"
+    if paper is not None and not paper.empty:
+        paper_ctx = TableContext.defaults(paper)
+        reported = builder(paper, paper_ctx)
+        blocks = {k: v for k, v in (("measured", frame), ("paper-reported", reported)) if not v.empty}
+        if blocks:
+            cols = _union_columns([v.columns for v in blocks.values()])
+            frame = pd.concat({k: v.reindex(columns=cols) for k, v in blocks.items()}, names=["source"])
+        described += f"; paper-reported block: {paper_ctx.describe()}"
+    return Table(name, title, frame, described)
+
+
+def _union_columns(column_lists: list[pd.Index]) -> pd.Index | list:
+    """Columns of several blocks: paper method order first, AVG last, others as they come."""
+    cols = list(dict.fromkeys(c for cl in column_lists for c in cl))
+    if any(isinstance(c, tuple) for c in cols):
+        return pd.MultiIndex.from_tuples(cols)
+    order = [METHOD_LABELS[m] for m in PAPER_METHODS]
+    known = sorted((c for c in cols if c in order), key=order.index)
+    return known + [c for c in cols if c not in order and c != AVG] + ([AVG] if AVG in cols else [])
+
+
+def format_frame(table: Table) -> pd.DataFrame:
+    """Numbers as the paper prints them: two decimals, a sign on Δ rows/columns, empty when missing."""
+    frame = table.frame
+    signed_rows = np.zeros(len(frame), dtype=bool)
+    if isinstance(frame.index, pd.MultiIndex):
+        signed_rows = np.array([any(str(v) in table.signed_rows for v in key) for key in frame.index])
+    else:
+        signed_rows = np.array([str(v) in table.signed_rows for v in frame.index])
+
+    def fmt(value: float, signed: bool) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+    out = pd.DataFrame({col: [fmt(v, s) for v, s in zip(frame[col], signed_rows)] for col in frame.columns},
+                       index=frame.index)
+    out.columns = frame.columns
+    return out
+
+
+def _flat(frame: pd.DataFrame) -> pd.DataFrame:
+    """Index levels as columns, repeated labels blanked (the paper's look), headers joined."""
+    flat = frame.reset_index()
+    levels = list(frame.index.names) if frame.index.nlevels > 1 else [frame.index.name or ""]
+    levels = [lv or "" for lv in levels]
+    flat.columns = [" ".join(str(p) for p in c if str(p)) if isinstance(c, tuple) else str(c) for c in flat.columns]
+    original = flat.iloc[:, : len(levels)].astype(str)
+    for depth in range(len(levels) - 1):
+        keys = original.iloc[:, : depth + 1].agg("|".join, axis=1)
+        flat.loc[keys.eq(keys.shift()), flat.columns[depth]] = ""
+    return flat
+
+
+def to_markdown(table: Table) -> str:
+    head = f"**Table {table.name}.** {table.title}.\n\n_{table.context}._\n\n"
+    if table.empty:
+        return head + "_No cell of this run falls in this table's layout: nothing to show (nothing is invented)._\n"
+    body = _flat(format_frame(table)).to_markdown(index=False, disable_numparse=True)
+    notes = "".join(f"\n{n}\n" for n in table.notes)
+    return head + body + "\n" + notes
+
+
+def to_latex(table: Table) -> str:
+    caption = f"{table.title} ({table.context})"
+    if table.empty:
+        return f"% Table {table.name}: no cell of this run falls in this table's layout.\n"
+    caption = caption.replace("\\", "").replace("%", r"\%").replace("_", r"\_").replace("&", r"\&")
+    tex = _flat(format_frame(table)).to_latex(index=False, escape=True, caption=caption, label=f"tab:daebench-{table.name}")
+    return tex.replace(DELTA, r"$\Delta$").replace("ϵ", r"$\epsilon$")
+
+
+def write_tables(measured: pd.DataFrame, out_dir: Path, paper: pd.DataFrame | None = None,
+                 names: list[str] | None = None, **context: str | float | None) -> list[Path]:
+    """Every table as .md, .tex and .csv, plus tables.md gathering them; returns the files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, sections = [], []
+    for name in names or TABLES.names():
+        table = build_table(name, measured, paper_subset(paper, name) if paper is not None else None, **context)
+        stem = out_dir / f"table{name}"
+        stem.with_suffix(".md").write_text(to_markdown(table))
+        stem.with_suffix(".tex").write_text(to_latex(table))
+        table.frame.to_csv(stem.with_suffix(".csv"))
+        written += [stem.with_suffix(s) for s in (".md", ".tex", ".csv")]
+        sections.append(to_markdown(table))
+    index = out_dir / "tables.md"
+    index.write_text("\n".join(sections))
+    return [index, *written]
+
+
+def paper_subset(paper: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The paper-reported rows of one table (each table's numbers come from that table only)."""
+    return paper[paper["table"] == name] if "table" in paper else paper
