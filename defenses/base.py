@@ -111,15 +111,21 @@ class AdversarialFineTuning(Defense):
     def pgd(
         self, objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         eps: float | None = None, step_size: float | None = None, steps: int | None = None,
-        random_start: bool | None = None,
+        random_start: bool | None = None, start: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Maximise `objective(x_adv)` (a scalar) in the L-inf ball; returns a detached x_adv."""
+        """Maximise `objective(x_adv)` (a scalar) in the L-inf ball; returns a detached x_adv.
+
+        The start is x (+ uniform noise in the ball when random_start), or `start` when
+        given (TRADES and MART start from x + 0.001 N(0, 1))."""
         p = self.params
         eps = p.eps if eps is None else eps
         step_size = p.step_size if step_size is None else step_size
         steps = p.steps if steps is None else steps
-        start = p.random_start if random_start is None else random_start
-        x_adv = x.detach() + (torch.empty_like(x).uniform_(-eps, eps) if start else 0)
+        random = p.random_start if random_start is None else random_start
+        if start is not None:
+            x_adv = start.detach()
+        else:
+            x_adv = x.detach() + (torch.empty_like(x).uniform_(-eps, eps) if random else 0)
         x_adv = x_adv.clamp(0, 1)
         for _ in range(steps):
             x_adv.requires_grad_(True)
