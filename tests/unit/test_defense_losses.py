@@ -49,3 +49,30 @@ def test_mart_loss_matches_its_formula(logits):
     n = len(y)
     expected = ce / n + margin / n + beta * robust / n
     assert float(mart_loss(nat, adv, y, beta)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_deacl_loss_is_minus_three_when_student_equals_teacher_and_eps_is_tiny():
+    """-cos(s(x), t(x)) - 2 cos(s(x'), s(x)) with s = t and x' ~ x: -1 - 2 = -3."""
+    from benchmark.encoders import build_encoder
+    from defenses.deacl import DeACL
+
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", width=8).eval()
+    defense = DeACL(DeACL.Params(eps=1e-6, step_size=1e-7, steps=2))
+    x = torch.rand(8, 3, 16, 16)
+    student = build_encoder("resnet18", width=8)
+    student.load_state_dict(encoder.state_dict())
+    student.eval()
+    loss = defense.loss(student, encoder, x)
+    # the loss is taken in train mode (batch statistics), so only nearly -3
+    assert -3.0 <= float(loss) < -2.5
+
+
+def test_random_crop_flip_keeps_shape_and_pixels():
+    from defenses.deacl import random_crop_flip
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    out = random_crop_flip(x, 0, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for i in range(2):  # padding 0: each image is itself or its mirror
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
