@@ -135,6 +135,12 @@ class AdversarialFineTuning(Defense):
         return x_adv.detach()
 
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
+        encoder, _, history = self.fine_tune(victim, data)
+        return DefendedModel([encoder.eval()], {"train_loss": history})
+
+    def fine_tune(self, victim: Encoder, data: ImageData) -> tuple[Encoder, nn.Module, list[float]]:
+        """The shared loop: a copy of the victim and a fresh D_f head trained on `loss`.
+        Returns (encoder, head, per-epoch mean loss); the victim is never modified."""
         p = self.params
         generator = seed_everything(self.seed)
         encoder = _clone(victim).to(self.device)
@@ -164,7 +170,7 @@ class AdversarialFineTuning(Defense):
             enc_sched.step()
             head_sched.step()
             history.append(total / max(count, 1))
-        return DefendedModel([encoder.eval()], {"train_loss": history})
+        return encoder, head, history
 
 
 def _clone(encoder: Encoder) -> Encoder:
