@@ -130,13 +130,15 @@ class _Planner:
         inputs = {("surrogate" if i == 0 else f"surrogate{i}"): key for i, key in enumerate(surrogates)}
         return self.plan.add("craft", spec, inputs, f"craft {attack.display} ({scenario}) eps={eps:.4f} on {target}")
 
-    def auxiliaries(self, defense: PluginSpec, victim: EncoderSpec, seed: int) -> list[str]:
-        """Keys of the extra public encoders a defense uses (e.g. ZePAD's MPAE partner)."""
+    def auxiliaries(self, defense: PluginSpec, victim: EncoderSpec, d_f: str, seed: int) -> tuple[list[str], list[str]]:
+        """Keys of the extra encoders a defense uses, all of them and the public ones."""
         from defenses import DEFENSES
 
         cls = DEFENSES.get(defense.name)
         params = cls.resolve_params(cls.profile_for(defense.profile, self.grid.profile), defense.params)
-        return [self.encoder(spec, seed) for spec in cls.auxiliary_encoders(params, victim)]
+        extra = cls.auxiliary_encoders(params, victim, d_f)
+        keys = [self.encoder(aux.spec, seed + aux.seed_offset) for aux in extra]
+        return keys, [k for k, aux in zip(keys, extra) if aux.public]
 
     def defend(self, defense: PluginSpec, victim: str, aux: list[str], d_f: str, seed: int) -> str:
         from defenses import DEFENSES
@@ -173,7 +175,7 @@ class _Planner:
         for enc, seed in product(g.encoders, g.seeds):
             victim = self.encoder(enc, seed)
             for defense, d_f in product(g.defenses, g.fine_tune_data):
-                aux = self.auxiliaries(defense, enc, seed)
+                aux, public_aux = self.auxiliaries(defense, enc, d_f, seed)
                 model = self.defend(defense, victim, aux, d_f, seed)
                 for d_d in g.downstream:
                     train = self.features(model, d_d, "train")
@@ -181,7 +183,7 @@ class _Planner:
                                          {"features": train}, f"head {defense.display} {d_d}")
                     clean = self.features(model, d_d, "test")
                     for scenario, attack, eps in product(g.scenarios, g.attacks, g.eps):
-                        craft = self.craft(attack, self.surrogates(scenario, victim, aux, seed), scenario, eps, seed, d_d)
+                        craft = self.craft(attack, self.surrogates(scenario, victim, public_aux, seed), scenario, eps, seed, d_d)
                         adv = self.features(model, d_d, "test", craft)
                         spec = {"defense": defense.name, "clamp": g.clamp, "head_params": g.heads.model_dump()}
                         key = self.plan.add("evaluate", spec, {"head": head, "clean": clean, "adv": adv},

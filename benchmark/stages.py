@@ -129,7 +129,8 @@ def run_defend(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tu
     cls = DEFENSES.get(spec["defense"])
     defense = cls(cls.Params(**spec["params"]), seed=spec["seed"], device=ctx.torch_device, progress=ctx.progress)
     victim = _encoders(inputs["victim"])[0]
-    defense.auxiliaries = [_encoders(inputs[r])[0] for r in sorted(inputs) if r.startswith("aux")]
+    aux_roles = sorted((r for r in inputs if r.startswith("aux")), key=lambda r: int(r[3:]))  # aux2 before aux10
+    defense.auxiliaries = [_encoders(inputs[r])[0] for r in aux_roles]
     started = time.perf_counter()
     model = defense.defend(victim, ctx.dataset(spec["data"]))
     tensors, meta = pack_branches([b.cpu() for b in model.branches])
@@ -146,7 +147,9 @@ def run_features(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> 
     out = {"labels": y.clone()}
     for i, encoder in enumerate(branches):
         out[f"branch{i}"] = encode_images(encoder, x, ctx.torch_device, ctx.batch_size, delta, spec.get("clamp", True))
-    return out, {"num_classes": data.num_classes, "n": len(y), "feature_dims": [e.feature_dim for e in branches]}
+    meta = {"num_classes": data.num_classes, "n": len(y), "feature_dims": [e.feature_dim for e in branches]}
+    fusion = inputs["model"].meta.get("info", {}).get("fusion")
+    return out, meta | ({"fusion": fusion} if fusion else {})  # how evaluate combines the branches
 
 
 @stage("head")
@@ -177,9 +180,10 @@ def run_evaluate(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> 
         confidences = [lg.softmax(1).max(1).values for lg in logits]
         for i, conf in enumerate(confidences):
             out[f"confidence_{which}_branch{i}"] = conf
-        preds[which] = defense.fuse(logits).argmax(1)
+        fusion = feats.meta.get("fusion")
+        preds[which] = defense.fuse(logits, fusion).argmax(1)
         out[f"pred_{which}"] = preds[which]
-        flagged[which] = defense.detect(confidences)
+        flagged[which] = defense.detect(confidences, fusion)
     metrics = robustness_metrics(labels, preds["clean"], preds["adv"])
     if flagged["clean"] is not None:  # a detector: clean images should pass, adversarial ones be flagged
         metrics |= detection_metrics(flagged["clean"], flagged["adv"])

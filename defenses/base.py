@@ -41,6 +41,17 @@ DEFENSES: Registry = Registry(
 register_defense = DEFENSES.register
 
 
+@dataclass(frozen=True)
+class AuxiliaryEncoder:
+    """An encoder a defense needs besides the victim: an `EncoderSpec`; `public` ones are
+    also the white-box attacker's surrogates; `seed_offset` makes the defender's own
+    pre-training a run of its own even when its recipe equals the victim's."""
+
+    spec: Any
+    public: bool = True
+    seed_offset: int = 0
+
+
 @dataclass
 class DefendedModel:
     branches: list[Encoder]
@@ -63,14 +74,15 @@ class Defense(Configurable):
         raise NotImplementedError
 
     @classmethod
-    def auxiliary_encoders(cls, params: Params, victim: Any) -> list[Any]:
-        """Extra public encoders the defense builds on (`EncoderSpec`s), e.g. ZePAD's
-        MPAE partner. The grid pre-trains or loads them, hands them to `defend` as
-        `self.auxiliaries`, and white-box attackers get them as surrogates too."""
+    def auxiliary_encoders(cls, params: Params, victim: Any, fine_tune_data: str) -> list["AuxiliaryEncoder"]:
+        """Extra encoders the defense builds on, e.g. ZePAD's MPAE partner (public) and
+        its BMP encoder (the defender's own, pre-trained on D_f). The grid pre-trains or
+        loads them and hands them to `defend`, in this order, as `self.auxiliaries`;
+        white-box attackers get the public ones as surrogates too."""
         return []
 
     @staticmethod
-    def detect(confidences: list[torch.Tensor]) -> torch.Tensor | None:
+    def detect(confidences: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor | None:
         """Flag inputs as adversarial from per-branch confidences (max softmax), or None
         when the defense has no detector. ZePAD flags a DAE when its MPAE branch is
         more confident than its BMP branch by a margin; the evaluation then reports
@@ -79,8 +91,9 @@ class Defense(Configurable):
         return None
 
     @staticmethod
-    def fuse(logits: list[torch.Tensor]) -> torch.Tensor:
-        """Combine per-branch logits into one prediction; one branch: itself."""
+    def fuse(logits: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor:
+        """Combine per-branch logits into one prediction; one branch: itself. `fusion` is
+        what the defended model recorded under info["fusion"] (e.g. which branch is which)."""
         if len(logits) != 1:
             raise NotImplementedError("multi-branch defenses must define fuse()")
         return logits[0]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from benchmark.config import EncoderSpec
 from benchmark.data import load_dataset
 from benchmark.encoders import build_encoder
 from defenses import DEFENSES
@@ -22,7 +23,11 @@ def _defend(name, data, seed=0):
     cls = DEFENSES.get(name)
     params = cls.resolve_params(cls.profile_for(None, "tiny"), {"epochs": 1, "steps": 1, "batch_size": 64}
                                 if "epochs" in cls.Params.model_fields else {})
-    return victim, cls(params, seed=seed).defend(victim, data)
+    defense = cls(params, seed=seed)
+    # extra encoders (ZePAD's partners and BMP encoder): fresh narrow ones stand in for pre-trained ones
+    spec = EncoderSpec(method="simclr", dataset="digits", width=8)
+    defense.auxiliaries = [build_encoder("resnet18", width=8) for _ in cls.auxiliary_encoders(params, spec, "digits")]
+    return victim, defense.defend(victim, data)
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())

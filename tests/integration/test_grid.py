@@ -167,3 +167,26 @@ def test_transfer_needs_a_known_surrogate():
 
     with pytest.raises(ConfigError, match="transfer_from 'nope' is not an encoder"):
         parse_grid({**MICRO_GRID, "scenarios": ["transfer"], "transfer_from": "nope"})
+
+
+def test_zepad_end_to_end_three_branches_detection_and_white_box_surrogates(tmp_path):
+    """ZePAD on the micro grid: partner + BMP pre-trained by the grid, RFDM, detection reported;
+    white-box attackers get the victim and the public partner, never the BMP encoder."""
+    grid = parse_grid({**MICRO_GRID, "defenses": ["none", {"name": "zepad", "params": {"epochs": 1, "steps": 1,
+                                                                                       "max_samples": 128}}],
+                       "attacks": [{"name": "embedattack", "params": {"steps": 3}}],
+                       "scenarios": ["semi_black_box", "white_box"]})
+    report = run_grid(grid, cache_dir=tmp_path / "cache", runs_dir=None, progress=False)
+    df = report.results
+    zepad = df[df.defense == "zepad"]
+    assert len(zepad) == 2 and zepad.detection_accuracy.between(0, 1).all()
+    assert df[df.defense == "none"].detection_accuracy.isna().all()
+    assert report.computed["pretrain"] == 3  # victim, BYOL partner, BMP SimCLR on D_f (seed + 1)
+    crafts = [n for n in report.plan.nodes.values() if n.stage == "craft"]
+    surrogate_counts = sorted(len([r for r in n.inputs if r.startswith("surrogate")]) for n in crafts)
+    assert surrogate_counts == [1, 2]  # semi-black-box: the victim; white-box: victim + partner
+    from benchmark.store import ArtifactStore
+
+    model = ArtifactStore(tmp_path / "cache").load_meta("defend", [n.key for n in report.plan.nodes.values()
+                                                                  if n.stage == "defend" and n.spec["defense"] == "zepad"][0])
+    assert model["info"]["fusion"] == {"method": "rfdm", "mpae": [0, 1], "bmp": 2, "threshold": 0.1}

@@ -106,7 +106,7 @@ def test_detection_accuracy_is_reported_for_a_defense_with_a_detector(micro_run,
     key = report.results[report.results.defense == "none"].key.iloc[0]
     meta = store.load_meta("evaluate", key)
     inputs = {role: store.load("head" if role == "head" else "features", k) for role, k in meta["inputs"].items()}
-    monkeypatch.setattr(DEFENSES.get("none"), "detect", staticmethod(lambda conf: conf[0] < 0.5))
+    monkeypatch.setattr(DEFENSES.get("none"), "detect", staticmethod(lambda conf, fusion=None: conf[0] < 0.5))
     tensors, out = STAGES["evaluate"](StageContext(), {**meta["spec"]}, inputs)
     low_clean = (tensors["confidence_clean_branch0"] < 0.5).float()
     low_adv = (tensors["confidence_adv_branch0"] < 0.5).float()

@@ -1,0 +1,58 @@
+"""ZePAD's pieces: RFDM fusion against the paper's formula, the detector, the branches it asks for."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmark.config import EncoderSpec
+from defenses.zepad import ZePAD, rfdm_weight
+
+FUSION = {"method": "rfdm", "mpae": [0, 1], "bmp": 2, "threshold": 0.1}
+
+
+def test_rfdm_matches_equations_7_and_8():
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(4, 5, generator=g) for _ in range(3)]
+    fused = ZePAD.fuse(logits, FUSION)
+    for n in range(4):
+        c = [rfdm_weight(float(lg[n].softmax(0).max())) for lg in logits]
+        expected = sum(ci / sum(c) * lg[n] for ci, lg in zip(c, logits))
+        torch.testing.assert_close(fused[n], expected)
+    assert rfdm_weight(0.5) == pytest.approx(0.5) and rfdm_weight(1.0) == pytest.approx(math.exp(1.5))
+
+
+def test_confident_branch_dominates_rfdm_and_equal_is_the_mean():
+    sure = torch.tensor([[10.0, 0.0, 0.0]])
+    unsure = torch.tensor([[0.0, 0.4, 0.0]])
+    assert ZePAD.fuse([sure, unsure, unsure], FUSION).argmax(1).item() == 0
+    torch.testing.assert_close(ZePAD.fuse([sure, unsure], {"method": "equal"}), (sure + unsure) / 2)
+    assert ZePAD.fuse([sure, unsure, unsure], {"method": "entropy"}).argmax(1).item() == 0
+
+
+def test_detector_flags_when_mpae_is_more_confident_than_bmp_by_the_threshold():
+    mpae_a, mpae_b = torch.tensor([0.9, 0.5, 0.6]), torch.tensor([0.7, 0.5, 0.6])
+    bmp = torch.tensor([0.6, 0.5, 0.55])
+    flagged = ZePAD.detect([mpae_a, mpae_b, bmp], FUSION)
+    assert flagged.tolist() == [True, False, False]  # 0.8-0.6 > 0.1; 0.0; 0.05
+    assert ZePAD.detect([mpae_a], {"method": "rfdm", "mpae": [0], "bmp": None}) is None
+
+
+@pytest.mark.parametrize("victim_method, partner", [("simclr", "byol"), ("byol", "nnclr")])
+def test_partners_and_bmp_encoder(victim_method, partner):
+    victim = EncoderSpec(method=victim_method, dataset="cifar10", width=16, params={"epochs": 30, "temperature": 0.2})
+    extra = ZePAD.auxiliary_encoders(ZePAD.Params(), victim, "gtsrb")
+    assert [(a.spec.method, a.spec.dataset, a.public) for a in extra] == [(partner, "cifar10", True), ("simclr", "gtsrb", False)]
+    assert extra[0].spec.width == 16 and extra[0].spec.params == {"epochs": 30}  # shares sizes, not hyper-parameters
+    assert extra[1].seed_offset == 1  # the defender's own run, not a copy of the victim
+
+
+def test_ablation_switches_drop_branches():
+    victim = EncoderSpec(method="simclr", dataset="cifar10")
+    assert ZePAD.auxiliary_encoders(ZePAD.Params(mpae_branch=False, bmp_branch=False), victim, "cifar10") == []
+    only_bmp = ZePAD.auxiliary_encoders(ZePAD.Params(mpae_branch=False), victim, "cifar10")
+    assert [a.public for a in only_bmp] == [False]
+    two = ZePAD.auxiliary_encoders(ZePAD.Params(aux_methods=["byol", "simclr"]), victim, "cifar10")
+    assert len(two) == 3
