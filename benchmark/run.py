@@ -10,9 +10,11 @@ computed is lost and a re-run picks up exactly where this one stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
+import shutil
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -58,13 +60,15 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
     started = time.perf_counter()
     try:
         inputs = {role: store.load(_stage_of(store, key), key) for role, key in node.inputs.items()}
-        tensors, meta = STAGES[node.stage](ctx, node.spec, inputs)
+        scratch = store.root / "partial" / node.key  # mid-stage checkpoints of long stages live here
+        tensors, meta = STAGES[node.stage](dataclasses.replace(ctx, scratch=str(scratch)), node.spec, inputs)
         seconds = time.perf_counter() - started
         store.save(node.stage, node.key, tensors, {
             "spec": {k: v for k, v in node.spec.items() if not k.startswith("_")},
             "inputs": node.inputs, "label": node.label, "seconds": seconds,
             "provenance": prov(ctx.device), **meta,
         })
+        shutil.rmtree(scratch, ignore_errors=True)
         return NodeOutcome(node.key, node.stage, node.label, seconds)
     except DAEBenchError as err:
         return NodeOutcome(node.key, node.stage, node.label, time.perf_counter() - started, str(err))

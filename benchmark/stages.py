@@ -47,6 +47,7 @@ class StageContext:
     download: bool = True
     batch_size: int = 512
     progress: bool = False
+    scratch: str | None = None  # per-stage directory for mid-stage checkpoints (removed when the artifact lands)
 
     @property
     def torch_device(self) -> torch.device:
@@ -131,6 +132,7 @@ def run_defend(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tu
     victim = _encoders(inputs["victim"])[0]
     aux_roles = sorted((r for r in inputs if r.startswith("aux")), key=lambda r: int(r[3:]))  # aux2 before aux10
     defense.auxiliaries = [_encoders(inputs[r])[0] for r in aux_roles]
+    defense.checkpoint_dir = Path(ctx.scratch) if ctx.scratch else None
     started = time.perf_counter()
     model = defense.defend(victim, ctx.dataset(spec["data"]))
     tensors, meta = pack_branches([b.cpu() for b in model.branches])

@@ -19,7 +19,9 @@ into the parameter update -- two bugs of the reference loops.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -39,6 +41,35 @@ DEFENSES: Registry = Registry(
     builtin_package="defenses",  # every module in defenses/ is a plugin file
 )
 register_defense = DEFENSES.register
+
+
+class EpochCheckpoint:
+    """Epoch-level resume for long defense stages, so a killed `defend` picks up where it was.
+
+    Holds state dicts, the epoch, the loss history and the RNG states (the batch
+    generator's and torch's global one, which PGD's random starts draw from), so a
+    resumed run equals an uninterrupted one bit for bit. Written atomically (temp +
+    rename); read with `weights_only=True` (tensors and plain values only). The grid
+    deletes it once the stage's artifact is in the store. No directory: a no-op."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a torn or foreign file: start over rather than fail
+            return None
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
 
 
 @dataclass(frozen=True)
@@ -69,6 +100,10 @@ class Defense(Configurable):
         self.device = torch.device(device)
         self.progress = progress
         self.auxiliaries: list[Encoder] = []
+        self.checkpoint_dir: Path | None = None  # set by the grid: where epoch checkpoints go
+
+    def checkpoint(self, name: str) -> "EpochCheckpoint":
+        return EpochCheckpoint(self.checkpoint_dir / f"{name}.pt" if self.checkpoint_dir else None)
 
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         raise NotImplementedError
@@ -151,9 +186,10 @@ class AdversarialFineTuning(Defense):
         encoder, _, history = self.fine_tune(victim, data)
         return DefendedModel([encoder.eval()], {"train_loss": history})
 
-    def fine_tune(self, victim: Encoder, data: ImageData) -> tuple[Encoder, nn.Module, list[float]]:
+    def fine_tune(self, victim: Encoder, data: ImageData, tag: str = "fine_tune") -> tuple[Encoder, nn.Module, list[float]]:
         """The shared loop: a copy of the victim and a fresh D_f head trained on `loss`.
-        Returns (encoder, head, per-epoch mean loss); the victim is never modified."""
+        Returns (encoder, head, per-epoch mean loss); the victim is never modified. It
+        checkpoints every epoch under `tag` and resumes from a checkpoint it finds."""
         p = self.params
         generator = seed_everything(self.seed)
         encoder = _clone(victim).to(self.device)
@@ -164,8 +200,18 @@ class AdversarialFineTuning(Defense):
         x_all, y_all = data.x_train, data.y_train
         if p.max_samples:
             x_all, y_all = x_all[: p.max_samples], y_all[: p.max_samples]
-        history = []
-        for epoch in tqdm(range(p.epochs), desc=f"defend:{self.registry_name}", leave=False, disable=not self.progress):
+        history: list[float] = []
+        checkpoint, first_epoch = self.checkpoint(tag), 0
+        parts = {"encoder": encoder, "head": head, "enc_opt": enc_opt, "head_opt": head_opt,
+                 "enc_sched": enc_sched, "head_sched": head_sched}
+        if (state := checkpoint.load()) is not None:
+            for name, part in parts.items():
+                part.load_state_dict(state[name])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
+        for epoch in tqdm(range(first_epoch, p.epochs), desc=f"defend:{self.registry_name}", leave=False,
+                          disable=not self.progress):
             total, count = 0.0, 0
             for idx in batches(len(x_all), p.batch_size, generator):
                 x = x_all[idx].float().div(255).to(self.device)
@@ -183,6 +229,8 @@ class AdversarialFineTuning(Defense):
             enc_sched.step()
             head_sched.step()
             history.append(total / max(count, 1))
+            checkpoint.save({**{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch,
+                             "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
         return encoder, head, history
 
 

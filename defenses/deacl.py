@@ -70,8 +70,16 @@ class DeACL(Defense):
         optimizer = torch.optim.SGD(student.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
         images = data.x_train[: p.max_samples] if p.max_samples else data.x_train
         per_epoch = -(-len(images) // p.batch_size)
-        total, step, history = p.epochs * per_epoch, 0, []
-        for _ in tqdm(range(p.epochs), desc="defend:deacl", leave=False, disable=not self.progress):
+        total, step, history, first_epoch = p.epochs * per_epoch, 0, [], 0
+        checkpoint = self.checkpoint("deacl")
+        if (state := checkpoint.load()) is not None:  # resume a killed run exactly
+            student.load_state_dict(state["student"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
+            step = first_epoch * per_epoch
+        for epoch in tqdm(range(first_epoch, p.epochs), desc="defend:deacl", leave=False, disable=not self.progress):
             running, count = 0.0, 0
             for idx in batches(len(images), p.batch_size, generator):
                 for group in optimizer.param_groups:
@@ -85,6 +93,8 @@ class DeACL(Defense):
                 count += len(idx)
                 step += 1
             history.append(running / max(count, 1))
+            checkpoint.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                             "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
         return DefendedModel([student.eval()], {"train_loss": history})
 
     def loss(self, student: Encoder, teacher: Encoder, x: torch.Tensor) -> torch.Tensor:

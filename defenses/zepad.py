@@ -96,7 +96,8 @@ class ZePAD(Defense):
             tuned = []
             for i, encoder in enumerate(mpae):
                 tuner.seed = self.seed + i
-                encoder, _, history = tuner.fine_tune(encoder, data)
+                tuner.checkpoint_dir = self.checkpoint_dir
+                encoder, _, history = tuner.fine_tune(encoder, data, tag=f"mpae{i}")
                 tuned.append(encoder.eval())
                 info[f"mpae{i}_train_loss"] = history
             mpae = tuned

@@ -55,3 +55,41 @@ def test_victim_is_not_modified(name, data):
 def test_pgd_at_changes_the_encoder(data):
     victim, model = _defend("pgd_at", data)
     assert any(not torch.equal(a, b) for a, b in zip(victim.state_dict().values(), model.branches[0].state_dict().values()))
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["pgd_at", "deacl"])
+def test_a_killed_defense_resumes_from_its_epoch_checkpoint_identically(name, data, tmp_path, monkeypatch):
+    """Kill after the first epoch's checkpoint; a new run with the same directory resumes and
+    ends with exactly the weights of an uninterrupted run."""
+    from defenses.base import EpochCheckpoint
+
+    cls = DEFENSES.get(name)
+    params = cls.resolve_params(cls.profile_for(None, "tiny"), {"epochs": 3, "steps": 1, "batch_size": 64})
+
+    def run(directory):
+        torch.manual_seed(0)
+        victim = build_encoder("resnet18", width=8)
+        defense = cls(params, seed=3)
+        defense.checkpoint_dir = directory
+        return defense.defend(victim, data).branches[0].state_dict()
+
+    uninterrupted = run(None)
+    real_save = EpochCheckpoint.save
+
+    def save_then_die(self, state):
+        real_save(self, state)
+        if state["epoch"] == 1:
+            raise _Killed
+
+    monkeypatch.setattr(EpochCheckpoint, "save", save_then_die)
+    with pytest.raises(_Killed):
+        run(tmp_path)
+    monkeypatch.setattr(EpochCheckpoint, "save", real_save)
+    assert torch.load(next(tmp_path.glob("*.pt")), weights_only=True)["epoch"] == 1
+    resumed = run(tmp_path)
+    for key in uninterrupted:
+        assert torch.equal(uninterrupted[key], resumed[key]), key
