@@ -69,3 +69,21 @@ def test_every_attack_beats_uniform_noise_on_a_real_encoder(ci_attack_results):
         for _, row in rows[rows.attack != "noise"].iterrows():
             assert row.RA < noise_ra, f"{row.attack} on {d_d}: RA {row.RA:.3f} vs noise {noise_ra:.3f}"
             assert row.RA < row.BA
+
+
+@pytest.fixture(scope="module")
+def ci_defense_results(tmp_path_factory):
+    return _run_bundled("ci-defenses", tmp_path_factory)
+
+
+@pytest.mark.heavy
+def test_every_adversarially_trained_defense_beats_the_baseline_under_uapgd(ci_defense_results):
+    """Contract on real data (the defenses issue): under uapgd, each defense that trains
+    adversarially has a higher RA than the undefended encoder, on the CIFAR-10 subset;
+    ZePAD reports a detection accuracy."""
+    df = ci_defense_results[(ci_defense_results.attack == "uapgd") & (ci_defense_results.D_d == "cifar10-subset")]
+    base = df[df.defense == "none"].RA.item()
+    for defense in ("pgd_at", "trades", "mart", "deacl", "genaf", "zepad"):
+        assert df[df.defense == defense].RA.item() > base, defense
+    zepad = ci_defense_results[ci_defense_results.defense == "zepad"]
+    assert zepad.detection_accuracy.between(0, 1).all()
