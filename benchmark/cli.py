@@ -41,8 +41,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     grid = load_grid(args.config)
     if args.device:
         grid = grid.model_copy(update={"device": args.device})
-    report = run_grid(grid, cache_dir=args.cache_dir, runs_dir=args.runs_dir, executor=JoblibExecutor(args.workers),
-                      progress=not args.no_progress, raise_on_failure=False)
+    if args.executor == "dask":
+        from benchmark.executors import DaskExecutor
+
+        gpus = 0
+        if not args.scheduler and str(grid.device).startswith(("cuda", "auto")):
+            import torch
+
+            gpus = torch.cuda.device_count()  # locally: one worker per visible GPU
+        executor = DaskExecutor(args.scheduler, workers=args.workers if args.workers > 1 else 2, gpus=gpus)
+    else:
+        if args.scheduler:
+            raise DAEBenchError("--scheduler needs --executor dask.")
+        executor = JoblibExecutor(args.workers)
+    try:
+        report = run_grid(grid, cache_dir=args.cache_dir, runs_dir=args.runs_dir, executor=executor,
+                          progress=not args.no_progress, raise_on_failure=False)
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()
     print(format_results(report.results))
     print()
     print(report.summary())
@@ -158,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a grid (default: the embedded quick grid)")
     run.add_argument("config", nargs="?", default="quick", help="bundled grid name (quick, ci, paper) or a YAML path")
-    run.add_argument("--workers", type=int, default=1, help="stages run in parallel (joblib processes)")
+    run.add_argument("--workers", type=int, default=1, help="stages run in parallel (joblib processes; dask: local workers)")
+    run.add_argument("--executor", choices=["joblib", "dask"], default="joblib",
+                     help="joblib (this machine) or dask (a LocalCluster, or --scheduler)")
+    run.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://10.0.0.5:8786")
     run.add_argument("--device", help="override the grid's device (auto, cpu, cuda, cuda:1)")
     run.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="artifact store (default %(default)s)")
     run.add_argument("--runs-dir", default=str(DEFAULT_RUNS), help="where results tables go (default %(default)s)")

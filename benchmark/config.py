@@ -33,8 +33,8 @@ def parse_fraction(value: Any) -> float:
             return float(m.group(1)) / float(m.group(2)) if m else float(value)
         except (ValueError, ZeroDivisionError) as err:
             raise ValueError(f"'{value}' is not a number or a fraction like 10/255") from err
-    if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number or a fraction like 10/255, got {type(value).__name__} {value!r}")
     return float(value)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from benchmark.config import GridSpec
@@ -46,6 +47,8 @@ class NodeOutcome:
     label: str
     seconds: float = 0.0
     error: str | None = None
+    computed_elsewhere: bool = False  # another run or worker finished it while this one waited
+    batch_size: int | None = None  # the inference batch size it ended with (halved after out-of-memory)
 
 
 def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | None = None) -> NodeOutcome:
@@ -59,21 +62,49 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
     store = ArtifactStore(store_root)
     started = time.perf_counter()
     try:
-        inputs = {role: store.load(_stage_of(store, key), key) for role, key in node.inputs.items()}
-        scratch = store.root / "partial" / node.key  # mid-stage checkpoints of long stages live here
-        tensors, meta = STAGES[node.stage](dataclasses.replace(ctx, scratch=str(scratch)), node.spec, inputs)
-        seconds = time.perf_counter() - started
-        store.save(node.stage, node.key, tensors, {
-            "spec": {k: v for k, v in node.spec.items() if not k.startswith("_")},
-            "inputs": node.inputs, "label": node.label, "seconds": seconds,
-            "provenance": prov(ctx.device), **meta,
-        })
-        shutil.rmtree(scratch, ignore_errors=True)
-        return NodeOutcome(node.key, node.stage, node.label, seconds)
+        # One writer per artifact across processes, runs and Dask workers: an OS file lock
+        # (released by the kernel if its holder dies, so a killed run leaves no stale lock).
+        # Whoever gets it second finds the artifact done and skips the work.
+        with FileLock(str(store.lock_path(node.key))):
+            if store.verify(node.stage, node.key):
+                return NodeOutcome(node.key, node.stage, node.label, 0.0, computed_elsewhere=True)
+            inputs = {role: store.load(_stage_of(store, key), key) for role, key in node.inputs.items()}
+            scratch = store.root / "partial" / node.key  # mid-stage checkpoints of long stages live here
+            tensors, meta, batch = _run_stage(node, dataclasses.replace(ctx, scratch=str(scratch)), inputs)
+            seconds = time.perf_counter() - started
+            store.save(node.stage, node.key, tensors, {
+                "spec": {k: v for k, v in node.spec.items() if not k.startswith("_")},
+                "inputs": node.inputs, "label": node.label, "seconds": seconds,
+                "provenance": prov(ctx.device), **meta,
+            })
+            shutil.rmtree(scratch, ignore_errors=True)
+        return NodeOutcome(node.key, node.stage, node.label, seconds, batch_size=batch)
     except DAEBenchError as err:
         return NodeOutcome(node.key, node.stage, node.label, time.perf_counter() - started, str(err))
     except Exception:  # a bug or a resource failure: keep the traceback for the report
         return NodeOutcome(node.key, node.stage, node.label, time.perf_counter() - started, traceback.format_exc())
+
+
+def _run_stage(node: Node, ctx: StageContext, inputs: dict) -> tuple[dict, dict, int]:
+    """Run the stage; on device out-of-memory, halve the inference batch size and retry.
+
+    Only `ctx.batch_size` (inference batching, which does not change any result) is
+    halved; a training batch size is part of an algorithm's spec and is never changed
+    behind the user's back."""
+    import torch
+
+    while True:
+        try:
+            tensors, meta = STAGES[node.stage](ctx, node.spec, inputs)
+            return tensors, meta, ctx.batch_size
+        except torch.OutOfMemoryError:
+            if ctx.batch_size <= 1:
+                raise
+            smaller = ctx.batch_size // 2
+            log.warning("%s: out of device memory at batch size %d; retrying with %d", node.label, ctx.batch_size, smaller)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            ctx = dataclasses.replace(ctx, batch_size=smaller)
 
 
 def _stage_of(store: ArtifactStore, key: str) -> str:
@@ -93,6 +124,7 @@ class RunReport:
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     failures: list[NodeOutcome] = field(default_factory=list)
     skipped: int = 0
+    corrupted: list[str] = field(default_factory=list)  # cached artifacts that failed their checksum
     wall_seconds: float = 0.0
     run_dir: Path | None = None
     cache_dir: Path | None = None
@@ -102,7 +134,9 @@ class RunReport:
         for stage in STAGES:
             if self.hits[stage] or self.computed[stage]:
                 lines.append(f"{stage:<11}{self.hits[stage]:>8}{self.computed[stage]:>10}{self.seconds[stage]:>10.1f}")
-        lines.append(f"wall time {self.wall_seconds:.1f} s; {len(self.failures)} failed, {self.skipped} skipped")
+        lines.append(f"wall time {self.wall_seconds:.1f} s; {len(self.failures)} failed, {self.skipped} skipped"
+                     + (f"; {len(self.corrupted)} corrupt cached artifact(s) quarantined and recomputed"
+                        if self.corrupted else ""))
         return "\n".join(lines)
 
 
@@ -122,9 +156,13 @@ def run_grid(
 
     pending: dict[str, Node] = {}
     for node in plan.topological():
-        if store.verify(node.stage, node.key):
+        status = store.status(node.stage, node.key)
+        if status == "ok":
             report.hits[node.stage] += 1
         else:
+            if status == "corrupt":
+                report.corrupted.append(node.label)
+                log.warning("%s: cached artifact failed its checksum; quarantined, recomputing", node.label)
             pending[node.key] = node
     done = set(plan.nodes) - set(pending)
     dead: set[str] = set()
@@ -143,7 +181,10 @@ def run_grid(
                      outcome.label, outcome.seconds)
             if outcome.error is None:
                 done.add(outcome.key)
-                report.computed[outcome.stage] += 1
+                if outcome.computed_elsewhere:
+                    report.hits[outcome.stage] += 1
+                else:
+                    report.computed[outcome.stage] += 1
                 bar.set_postfix_str(outcome.label[:40])
             else:
                 report.failures.append(outcome)
@@ -190,6 +231,7 @@ def write_run(report: RunReport, runs_dir: Path) -> Path:
         "wall_seconds": round(report.wall_seconds, 2), "cached": dict(report.hits), "computed": dict(report.computed),
         "stage_seconds": {k: round(v, 2) for k, v in report.seconds.items()},
         "failures": [{"stage": f.label, "error": f.error} for f in report.failures],
+        "corrupted": report.corrupted,
     }
     (run_dir / "run.json").write_text(json.dumps(run_info, indent=1))
     return run_dir

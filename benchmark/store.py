@@ -91,15 +91,25 @@ class ArtifactStore:
         """Complete artifacts only (the directory appears atomically with meta.json)."""
         return (self.path(stage, key) / META).is_file()
 
-    def verify(self, stage: str, key: str) -> bool:
-        """True if the artifact exists and its checksum holds; quarantine it otherwise."""
+    def lock_path(self, key: str) -> Path:
+        """The lock file guarding the computation of one artifact."""
+        path = self.root / "locks" / key[:2] / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def status(self, stage: str, key: str) -> str:
+        """'ok', 'missing', or 'corrupt' (its checksum failed: it was just quarantined)."""
         if not self.exists(stage, key):
-            return False
+            return "missing"
         try:
             self._check(stage, key)
-            return True
+            return "ok"
         except CorruptArtifactError:
-            return False
+            return "corrupt"
+
+    def verify(self, stage: str, key: str) -> bool:
+        """True if the artifact exists and its checksum holds; quarantine it otherwise."""
+        return self.status(stage, key) == "ok"
 
     def _check(self, stage: str, key: str) -> dict[str, Any]:
         where = self.path(stage, key)

@@ -1,0 +1,169 @@
+"""Scale-out and hardening: a real Dask LocalCluster, two runs racing on one store,
+a simulated out-of-memory, corrupted artifacts, and fuzzed grid configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benchmark.config import parse_grid
+from benchmark.errors import ConfigError
+from benchmark.run import run_grid
+from benchmark.store import ArtifactStore
+from tests.conftest import MICRO_GRID, REPO, write_grid
+
+METRICS = ["BA", "RA", "ASR", "n"]
+
+
+def _table(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["defense", "attack"]).reset_index(drop=True)[["defense", "attack", *METRICS]]
+
+
+@pytest.fixture(scope="module")
+def serial_one_thread(tmp_path_factory):
+    """The micro grid computed serially with 1 torch thread: what a 1-thread worker computes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_grid(parse_grid(MICRO_GRID), cache_dir=tmp_path_factory.mktemp("serial1") / "cache",
+                        runs_dir=None, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_dask_local_cluster_runs_the_dag_once_into_the_same_store(serial_one_thread, tmp_path):
+    from benchmark.executors import DaskExecutor
+
+    executor = DaskExecutor(workers=2)
+    try:
+        assert executor.workers == 2
+        report = run_grid(parse_grid(MICRO_GRID), cache_dir=tmp_path / "cache", runs_dir=None, progress=False,
+                          executor=executor)
+    finally:
+        executor.close()
+    assert not report.failures
+    assert sum(report.computed.values()) == len(report.plan.nodes)  # each artifact once
+    store = ArtifactStore(tmp_path / "cache")
+    assert all(store.verify(n.stage, n.key) for n in report.plan.nodes.values())
+    pd.testing.assert_frame_equal(_table(serial_one_thread.results), _table(report.results))
+
+
+def _daebench(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *args, "--no-progress"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_runs_racing_on_one_store_compute_each_artifact_once(tmp_path):
+    config = write_grid(tmp_path / "micro.yaml")
+    procs = [_daebench(str(config), "--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / f"runs{i}"))
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    infos = [json.loads((tmp_path / f"runs{i}" / "micro" / "run.json").read_text()) for i in range(2)]
+    computed = sum(sum(info["computed"].values()) for info in infos)
+    nodes = sum(len(ArtifactStore(tmp_path / "cache").keys(stage)) for stage in
+                ("pretrain", "craft", "defend", "features", "head", "evaluate"))
+    assert computed == nodes, (computed, nodes, [i["computed"] for i in infos])
+    a, b = (pd.read_csv(tmp_path / f"runs{i}" / "micro" / "results.csv") for i in range(2))
+    pd.testing.assert_frame_equal(_table(a), _table(b))
+    assert not list((tmp_path / "cache" / "quarantine").glob("*")) if (tmp_path / "cache" / "quarantine").exists() else True
+
+
+def test_out_of_memory_halves_the_inference_batch_and_retries(micro_run, tmp_path, monkeypatch, caplog):
+    from benchmark import stages
+
+    real = stages.STAGES["features"]
+    seen = []
+
+    def tight_memory(ctx, spec, inputs):
+        seen.append(ctx.batch_size)
+        if ctx.batch_size > 128:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real(ctx, spec, inputs)
+
+    monkeypatch.setitem(stages.STAGES, "features", tight_memory)
+    _, _, reference = micro_run
+    with caplog.at_level("WARNING", logger="daebench"):
+        report = run_grid(parse_grid(MICRO_GRID), cache_dir=tmp_path / "cache", runs_dir=None, progress=False)
+    assert not report.failures
+    assert seen[:3] == [512, 256, 128]
+    assert "out of device memory at batch size 512; retrying with 256" in caplog.text
+    pd.testing.assert_frame_equal(_table(reference.results), _table(report.results))  # batching changes no result
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_artifacts_are_detected_reported_and_recomputed(micro_run, tmp_path, damage):
+    import shutil
+
+    root, grid, reference = micro_run
+    cache = tmp_path / "cache"
+    shutil.copytree(root / "cache", cache)
+    store = ArtifactStore(cache)
+    victims = [("features", store.keys("features")[0]), ("craft", store.keys("craft")[0])]
+    for stage, key in victims:
+        blob = store.path(stage, key) / "tensors.safetensors"
+        data = blob.read_bytes()
+        blob.write_bytes(data[: len(data) // 3] if damage == "truncate" else
+                         data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    report = run_grid(grid, cache_dir=cache, runs_dir=None, progress=False)
+    assert len(report.corrupted) == 2 and "quarantined and recomputed" in report.summary()
+    assert report.computed["features"] >= 1 and report.computed["craft"] == 1
+    assert len(list((cache / "quarantine").iterdir())) == 2
+    pd.testing.assert_frame_equal(_table(reference.results), _table(report.results))
+
+
+# -- fuzzed configs -----------------------------------------------------------------------------------
+_values = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
+                    st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+_keys = st.sampled_from(list(MICRO_GRID) + ["nope", "encoder", "atacks", "eps"])
+_special = st.sampled_from([
+    {"eps": [float("nan")]}, {"eps": ["1e309"]}, {"eps": []}, {"attacks": []}, {"defenses": []}, {"seeds": []},
+    {"encoders": [{"checkpoint": "/does/not/exist.ckpt"}]}, {"datasets": {"x": "npz:/does/not/exist.npz"}},
+    {"downstream": ["x"], "datasets": {"x": "npz:/nope.npz"}}, {"image_size": 10**9}, {"batch_size": -1},
+    {"encoders": [{"method": "simclr"}]}, {"heads": {"epochs": 0}}, {"eps": ["10/0"]}, {"scenarios": ["sideways"]},
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(_keys, _values, max_size=3), special=_special)
+def test_fuzzed_grid_configs_give_a_clear_error_or_a_valid_grid(changes, special):
+    raw = {**MICRO_GRID, **special, **changes}
+    try:
+        grid = parse_grid(raw)
+    except ConfigError as err:
+        assert str(err) and "Traceback" not in str(err)
+        return
+    # it validated: then every number in it is finite and every axis non-empty
+    assert grid.encoders and grid.attacks and grid.defenses and grid.seeds
+    assert all(math.isfinite(e) and 0 < e <= 1 for e in grid.eps)
+
+
+@settings(max_examples=25, deadline=None)
+@given(text=st.text(max_size=200))
+def test_fuzzed_yaml_files_never_give_a_traceback(text, tmp_path_factory):
+    from benchmark.cli import main
+
+    path = tmp_path_factory.mktemp("fuzz") / "grid.yaml"
+    path.write_text(text)
+    try:
+        code = main(["validate", str(path)])
+    except SystemExit as exit_:  # argparse never gets here, but be explicit
+        code = exit_.code
+    assert code in (0, 2)
+
+
+def test_paths_that_do_not_exist_are_named_in_one_clear_error():
+    with pytest.raises(ConfigError, match="npz file '/does/not/exist.npz' does not exist"):
+        parse_grid({**MICRO_GRID, "datasets": {"mine": "npz:/does/not/exist.npz"}, "downstream": ["mine"]})
+    with pytest.raises(ConfigError, match="checkpoint file '/nope.ckpt' does not exist"):
+        parse_grid({**MICRO_GRID, "encoders": [{"checkpoint": "/nope.ckpt"}]})
