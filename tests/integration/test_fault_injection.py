@@ -13,9 +13,8 @@ import time
 import pandas as pd
 import pytest
 
-from benchmark.config import parse_grid
 from benchmark.run import run_grid
-from tests.conftest import MICRO_GRID, REPO, write_grid
+from tests.conftest import REPO, write_grid
 
 pytestmark = pytest.mark.slow
 TRIALS = 20
