@@ -62,9 +62,15 @@ class ZePAD(Defense):
 
     @classmethod
     def partner_methods(cls, params: ZePADParams, victim_method: str | None) -> list[str]:
+        """The paper's choice: BYOL, or NNCLR for a BYOL victim; while a method is not
+        registered, the next registered one that differs from the victim's."""
         if params.aux_methods is not None:
             return list(params.aux_methods)
-        return ["nnclr"] if victim_method == "byol" else ["byol"]
+        from benchmark.encoders.ssl import SSL_METHODS
+
+        preference = ["byol", "nnclr", "simclr", "mocov3", "dino"]
+        available = [m for m in preference if m != victim_method and m in SSL_METHODS]
+        return available[:1] or ["byol"]
 
     @classmethod
     def auxiliary_encoders(cls, params: ZePADParams, victim, fine_tune_data: str) -> list[AuxiliaryEncoder]:
