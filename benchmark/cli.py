@@ -134,7 +134,11 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
         paper = paper_results()
     out = Path(args.out) if args.out else REPORTS / run.name / "tables"
-    files = write_tables(run.results, out, paper, names, **_context(args))
+    when = sorted(run.results.time_utc.dropna())[-1][:10] if "time_utc" in run.results else "date unrecorded"
+    header = (f"# Tables of run `{run.name}`\n\n{run.info.get('description', '')}; results computed up to {when} "
+              f"(every row's date, commit, versions and device are in the run's results.csv). "
+              f"Regenerate: `daebench tables {run.name}{' --paper' if args.paper else ''}`.")
+    files = write_tables(run.results, out, paper, names, header, **_context(args))
     print(f"{len(files)} files in {out} (index: {files[0]})")
     return 0
 

@@ -412,8 +412,9 @@ def to_latex(table: Table) -> str:
 
 
 def write_tables(measured: pd.DataFrame, out_dir: Path, paper: pd.DataFrame | None = None,
-                 names: list[str] | None = None, **context: str | float | None) -> list[Path]:
-    """Every table as .md, .tex and .csv, plus tables.md gathering them; returns the files."""
+                 names: list[str] | None = None, header: str = "", **context: str | float | None) -> list[Path]:
+    """Every table as .md, .tex and .csv, plus tables.md gathering them (under `header`,
+    which says which run, data and date the numbers come from); returns the files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written, sections = [], []
     for name in names or TABLES.names():
@@ -425,7 +426,7 @@ def write_tables(measured: pd.DataFrame, out_dir: Path, paper: pd.DataFrame | No
         written += [stem.with_suffix(s) for s in (".md", ".tex", ".csv")]
         sections.append(to_markdown(table))
     index = out_dir / "tables.md"
-    index.write_text("\n".join(sections))
+    index.write_text((header + "\n\n" if header else "") + "\n".join(sections))
     return [index, *written]
 
 
