@@ -20,8 +20,10 @@ over clean and adversarial test images (Table 6).
 Table 5's switches: `adversarial_fine_tuning` (off: MPAE encoders as released),
 `mpae_branch` (off: no auxiliary encoders, the victim alone on that side),
 `bmp_branch` (off: no BMP encoder). All three off is the undefended victim.
-Left out: `adv_source: generator` (the paper's Algorithm 1 makes D_adv with a
-generator; the released code, which we follow, uses PGD).
+`adv_source`: `pgd` (default, as the released code makes D_adv) or `generator`
+(the paper's Algorithm 1: x* = x + G, with G an AdvEncoder generator the defender
+trains against each MPAE encoder on D_f, with AdvEncoder's defaults or
+`generator_params`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class ZePADParams(GenAFParams):
     aux_methods: list[str] | None = Field(None, description="SSL methods of the MPAE partners (default: byol, nnclr for a BYOL victim)")
     bmp_method: str = Field("simclr", description="SSL method of the defender's own BMP encoder")
     fusion: Literal["rfdm", "equal", "entropy"] = "rfdm"
+    adv_source: Literal["pgd", "generator"] = Field(
+        "pgd", description="D_adv by PGD (the released code) or by a generator G, x* = x + G (the paper's Algorithm 1)")
+    generator_params: dict = Field(default_factory=dict,
+                                   description="AdvEncoder parameters of G (adv_source: generator); default the reference's")
     detect_threshold: float = Field(0.1, ge=0, le=1)
     adversarial_fine_tuning: bool = True
     mpae_branch: bool = True
@@ -58,7 +64,8 @@ class ZePAD(Defense):
     """ZePAD: adversarially fine-tuned multi-encoder branch + benign branch, fused by confidence (RFDM)."""
 
     Params = ZePADParams
-    profiles = {"tiny": {"epochs": 2, "steps": 3, "step_size": 0.014}}
+    profiles = {"tiny": {"epochs": 2, "steps": 3, "step_size": 0.014,
+                         "generator_params": {"widths": (64, 32, 16, 8), "epochs": 2}}}
 
     @classmethod
     def partner_methods(cls, params: ZePADParams, victim_method: str | None) -> list[str]:
@@ -97,12 +104,13 @@ class ZePAD(Defense):
         mpae = [victim, *partners]
         info: dict = {}
         if p.adversarial_fine_tuning:
-            tuner = GenAF(GenAFParams(**{k: v for k, v in p.model_dump().items() if k in GenAFParams.model_fields}),
+            tuner = _GenAFStageOne(GenAFParams(**{k: v for k, v in p.model_dump().items() if k in GenAFParams.model_fields}),
                           seed=self.seed, device=self.device, progress=self.progress)
             tuned = []
             for i, encoder in enumerate(mpae):
                 tuner.seed = self.seed + i
                 tuner.checkpoint_dir = self.checkpoint_dir
+                tuner.fixed_perturbation = self.generator_perturbation(encoder, data, i) if p.adv_source == "generator" else None
                 encoder, _, history = tuner.fine_tune(encoder, data, tag=f"mpae{i}")
                 tuned.append(encoder.eval())
                 info[f"mpae{i}_train_loss"] = history
@@ -115,6 +123,17 @@ class ZePAD(Defense):
         info["fusion"] = {"method": p.fusion, "mpae": list(range(len(mpae))), "bmp": bmp,
                           "threshold": p.detect_threshold}
         return DefendedModel(branches, info)
+
+    def generator_perturbation(self, encoder: Encoder, data: ImageData, index: int) -> torch.Tensor:
+        """Algorithm 1's G: an AdvEncoder generator trained against this encoder on D_f
+        (the defender plays the attacker), giving the universal perturbation x* = x + G."""
+        from attacks.advencoder import AdvEncoder
+
+        p = self.params
+        attack = AdvEncoder(AdvEncoder.resolve_params(None, p.generator_params), eps=p.eps, seed=self.seed + 100 + index,
+                            device=self.device)
+        images = data.x_train[: p.max_samples] if p.max_samples else data.x_train
+        return attack.craft(encoder, images)
 
     @staticmethod
     def fuse(logits: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor:
@@ -145,3 +164,15 @@ class ZePAD(Defense):
 def rfdm_weight(max_probability: float) -> float:
     """c = m exp(3 (m - 0.5)), the paper's Eq. 8 (for tests and docs)."""
     return max_probability * math.exp(3 * (max_probability - 0.5))
+
+
+class _GenAFStageOne(GenAF):
+    """Gen-AF's stage-1 fine-tuning; with `fixed_perturbation`, D_adv is x + that
+    perturbation (Algorithm 1's generator) instead of PGD examples."""
+
+    fixed_perturbation: torch.Tensor | None = None
+
+    def pgd(self, objective, x, *args, **kwargs):
+        if self.fixed_perturbation is None:
+            return super().pgd(objective, x, *args, **kwargs)
+        return (x + self.fixed_perturbation.to(x.device)).clamp(0, 1).detach()

@@ -62,3 +62,44 @@ def test_ablation_switches_drop_branches():
     assert [a.public for a in only_bmp] == [False]
     two = ZePAD.auxiliary_encoders(ZePAD.Params(aux_methods=["byol", "simclr"]), victim, "cifar10")
     assert len(two) == 3
+
+
+def test_generator_source_fine_tunes_on_x_plus_a_universal_perturbation():
+    """adv_source: generator (Algorithm 1): the MPAE encoders train on x + G within eps."""
+    from benchmark.data import ImageData, load_dataset
+    from benchmark.encoders import build_encoder
+    from defenses import zepad
+
+    d = load_dataset("digits", image_size=16)
+    data = ImageData("d", d.x_train[:96], d.y_train[:96], d.x_test[:32], d.y_test[:32], d.num_classes)
+    params = ZePAD.resolve_params("tiny", {"epochs": 1, "batch_size": 48, "adv_source": "generator",
+                                           "generator_params": {"widths": [16, 8], "epochs": 1, "batch_size": 48}})
+    defense = ZePAD(params, seed=0)
+    torch.manual_seed(0)
+    defense.auxiliaries = [build_encoder("resnet18", width=8) for _ in range(2)]
+    seen = []
+    real_pgd = zepad._GenAFStageOne.pgd
+
+    def spy(self, objective, x, *a, **k):
+        out = real_pgd(self, objective, x, *a, **k)
+        seen.append((out - x).abs().max().item())
+        return out
+
+    made = []
+    real_g = ZePAD.generator_perturbation
+
+    def count(self, encoder, data, index):
+        delta = real_g(self, encoder, data, index)
+        made.append(delta)
+        return delta
+
+    zepad._GenAFStageOne.pgd = spy
+    ZePAD.generator_perturbation = count
+    try:
+        model = defense.defend(build_encoder("resnet18", width=8), data)
+    finally:
+        zepad._GenAFStageOne.pgd = real_pgd
+        ZePAD.generator_perturbation = real_g
+    assert len(model.branches) == 3 and seen
+    assert len(made) == 2 and all(d.shape == (1, 3, 16, 16) for d in made)  # one G per MPAE encoder, universal
+    assert max(seen) <= params.eps + 1e-6 and max(seen) > 0
