@@ -68,6 +68,7 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
         with FileLock(str(store.lock_path(node.key))):
             if store.verify(node.stage, node.key):
                 return NodeOutcome(node.key, node.stage, node.label, 0.0, computed_elsewhere=True)
+            started = time.perf_counter()  # the stage's own time, not time spent waiting for the lock
             inputs = {role: store.load(_stage_of(store, key), key) for role, key in node.inputs.items()}
             scratch = store.root / "partial" / node.key  # mid-stage checkpoints of long stages live here
             tensors, meta, batch = _run_stage(node, dataclasses.replace(ctx, scratch=str(scratch)), inputs)
@@ -85,12 +86,17 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
         return NodeOutcome(node.key, node.stage, node.label, time.perf_counter() - started, traceback.format_exc())
 
 
-def _run_stage(node: Node, ctx: StageContext, inputs: dict) -> tuple[dict, dict, int]:
-    """Run the stage; on device out-of-memory, halve the inference batch size and retry.
+INFERENCE_STAGES = ("features",)
 
-    Only `ctx.batch_size` (inference batching, which does not change any result) is
-    halved; a training batch size is part of an algorithm's spec and is never changed
-    behind the user's back."""
+
+def _run_stage(node: Node, ctx: StageContext, inputs: dict) -> tuple[dict, dict, int]:
+    """Run the stage; when an inference stage runs out of device memory, halve its batch
+    size and retry.
+
+    Only `ctx.batch_size` of the inference stages (features) is halved: batching there
+    changes results by floating-point rounding only. A training batch size is part of
+    an algorithm's spec and is never changed behind the user's back, so a training
+    stage that runs out of memory fails (with the error) like any other failure."""
     import torch
 
     while True:
@@ -98,13 +104,13 @@ def _run_stage(node: Node, ctx: StageContext, inputs: dict) -> tuple[dict, dict,
             tensors, meta = STAGES[node.stage](ctx, node.spec, inputs)
             return tensors, meta, ctx.batch_size
         except torch.OutOfMemoryError:
-            if ctx.batch_size <= 1:
+            if node.stage not in INFERENCE_STAGES or ctx.batch_size <= 1:
                 raise
             smaller = ctx.batch_size // 2
             log.warning("%s: out of device memory at batch size %d; retrying with %d", node.label, ctx.batch_size, smaller)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            ctx = dataclasses.replace(ctx, batch_size=smaller)
+        if torch.cuda.is_available():  # outside the except block: the traceback no longer pins the tensors
+            torch.cuda.empty_cache()
+        ctx = dataclasses.replace(ctx, batch_size=smaller)
 
 
 def _stage_of(store: ArtifactStore, key: str) -> str:
@@ -171,7 +177,7 @@ def run_grid(
         wave = [n for n in pending.values() if all(d in done for d in n.deps)]
         if not wave:
             break
-        run_one = functools.partial(execute_node, store_root=str(store.root), ctx=ctx, threads=threads)
+        run_one = functools.partial(execute_node, store_root=str(store.root.resolve()), ctx=ctx, threads=threads)
         for outcome in executor.map(run_one, wave):
             pending.pop(outcome.key)
             report.seconds[outcome.stage] += outcome.seconds

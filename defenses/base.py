@@ -209,6 +209,8 @@ class AdversarialFineTuning(Defense):
                 part.load_state_dict(state[name])
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng"):
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
         for epoch in tqdm(range(first_epoch, p.epochs), desc=f"defend:{self.registry_name}", leave=False,
                           disable=not self.progress):
@@ -230,7 +232,8 @@ class AdversarialFineTuning(Defense):
             head_sched.step()
             history.append(total / max(count, 1))
             checkpoint.save({**{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch,
-                             "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
+                             "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
         return encoder, head, history
 
 

@@ -77,6 +77,8 @@ class DeACL(Defense):
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng"):
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
             step = first_epoch * per_epoch
         for epoch in tqdm(range(first_epoch, p.epochs), desc="defend:deacl", leave=False, disable=not self.progress):
@@ -94,7 +96,8 @@ class DeACL(Defense):
                 step += 1
             history.append(running / max(count, 1))
             checkpoint.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                             "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state()})
+                             "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
         return DefendedModel([student.eval()], {"train_loss": history})
 
     def loss(self, student: Encoder, teacher: Encoder, x: torch.Tensor) -> torch.Tensor:

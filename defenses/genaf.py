@@ -117,7 +117,8 @@ class GenAF(AdversarialFineTuning):
         y_probe = data.y_train[: p.probe_samples].to(self.device)
         x_adv = torch.cat([self.pgd(lambda z, yb=y_probe[i]: F.cross_entropy(model(z), yb), x_probe[i])
                            for i in batches(len(x_probe), p.batch_size)])
-        layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        # candidates: the encoder's layers (the D_f head is discarded after defending)
+        layers = [(f"0.{name}", m) for name, m in encoder.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         scores = {name: self._sensitivity(model, module, x_adv, y_probe) for name, module in layers}
         k = max(1, math.ceil(p.unfreeze_fraction * len(layers)))
         chosen = sorted(scores, key=scores.get)[:k]
@@ -169,7 +170,9 @@ class GenAF(AdversarialFineTuning):
         best_acc, best_state = self._clean_accuracy(model, data), copy.deepcopy(model.state_dict())
         generator = torch.Generator().manual_seed(self.seed + 1)
         for _ in range(p.stage2_epochs):
-            model.train()
+            # eval mode: the frozen layers stay exactly as they are (no BatchNorm statistics
+            # drift, no dropout); only the chosen weights move
+            model.eval()
             for idx in batches(len(x_all), p.batch_size, generator):
                 loss = F.cross_entropy(model(x_all[idx].float().div(255).to(self.device)), y_all[idx].to(self.device))
                 opt.zero_grad(set_to_none=True)

@@ -61,7 +61,8 @@ def run_section(run: RunRecord) -> str:
         f"grid `{run.name}` (config hash `{run.info.get('grid_hash') or first.get('grid_hash', '?')}`)",
         f"victims: {_values(df, 'encoder')}", f"attacks: {_values(df, 'attack')}",
         f"D_f: {_values(df, 'D_f')}; D_d: {_values(df, 'D_d')}", f"scenarios: {_values(df, 'scenario')}; eps {eps}",
-        f"device {first.get('device', run.info.get('device', '?'))}, torch {first.get('torch', run.info.get('torch', '?'))}, "
+        f"device {first.get('device', run.info.get('device', '?'))} with {_values(df, 'torch_threads')} torch thread(s) "
+        f"(CPU numbers depend on it), torch {first.get('torch', run.info.get('torch', '?'))}, "
         f"daebench {first.get('daebench', run.info.get('daebench', '?'))}",
     ]
     reports = REPORTS_DIR / run.name

@@ -101,7 +101,8 @@ def _first(df: pd.DataFrame, col: str) -> str | None:
 def _default_defense(df: pd.DataFrame) -> str:
     names = set(df.get("defense_name", df["defense"]))
     if "zepad" in names:
-        return str(df.loc[df.get("defense_name", df["defense"]) == "zepad", "defense"].iloc[0])
+        labels = list(dict.fromkeys(df.loc[df.get("defense_name", df["defense"]) == "zepad", "defense"]))
+        return "zepad" if "zepad" in labels else labels[0]  # the plain entry, not an ablation variant
     others = df[df.defense != BASELINE]
     if others.empty:
         return BASELINE
@@ -194,7 +195,7 @@ def _baseline_vs_ours(df: pd.DataFrame, ctx: TableContext, metric: str, index: l
     if "D_f and D_d" in index:
         d = d.assign(**{"D_f and D_d": d.D_d})
     cols = _columns(d.victim)
-    values = d.groupby([*index, "defense", "victim"], sort=False)[metric].first().mul(100).unstack("victim")
+    values = d.groupby([*index, "defense", "victim"], sort=False)[metric].mean().mul(100).unstack("victim")
     values = values.reindex(columns=cols)
     blocks = []
     for keys, block in values.groupby(level=index, sort=False):
@@ -206,9 +207,12 @@ def _baseline_vs_ours(df: pd.DataFrame, ctx: TableContext, metric: str, index: l
         rows = pd.DataFrame([base, ours, ours - base], index=pd.MultiIndex.from_tuples(
             [(*keys, "baseline"), (*keys, ctx.defense), (*keys, DELTA)], names=[*index, "Method"]))
         blocks.append(rows)
-    out = pd.concat(blocks)
-    out = _with_avg(out)
-    # Δ of AVG is the difference of the averages (as in the paper), which _with_avg already gives
+    out = _with_avg(pd.concat(blocks))
+    # AVG of a Δ row = AVG(ours) - AVG(baseline), as the paper prints it (equal to the mean
+    # of Δ only when both rows cover the same encoders)
+    methods = out.index.get_level_values("Method")
+    for pos in np.flatnonzero(methods == DELTA):
+        out.iloc[pos, out.columns.get_loc(AVG)] = out.iloc[pos - 1][AVG] - out.iloc[pos - 2][AVG]
     return out
 
 
@@ -250,7 +254,7 @@ def table_5(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
     if d.empty:
         return pd.DataFrame()
     d = d.assign(victim=victim_label(d))
-    out = d.groupby(["victim", "defense"], sort=False)[["BA", "RA", "ASR"]].first().mul(100)
+    out = d.groupby(["victim", "defense"], sort=False)[["BA", "RA", "ASR"]].mean().mul(100)
     return out.rename_axis(["Victim", "Defense"])
 
 
@@ -262,7 +266,7 @@ def table_6(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
     d = d[(d.defense == ctx.defense) & d.detection_accuracy.notna()].assign(victim=lambda t: victim_label(t))
     if d.empty:
         return pd.DataFrame()
-    out = d.groupby(["D_f", "D_d", "victim"], sort=False)["detection_accuracy"].first().mul(100).unstack("victim")
+    out = d.groupby(["D_f", "D_d", "victim"], sort=False)["detection_accuracy"].mean().mul(100).unstack("victim")
     return _with_avg(out.reindex(columns=_columns(d.victim)))
 
 
@@ -272,8 +276,8 @@ def table_7(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
     d = d[d.defense != BASELINE].assign(victim=lambda t: victim_label(t))
     if d.empty:
         return pd.DataFrame()
-    ba = d.groupby(["victim", "defense"], sort=False)["BA"].first()
-    ra = d.dropna(subset=["attack"]).groupby(["victim", "defense", "attack"], sort=False)["RA"].first().unstack("attack")
+    ba = d.groupby(["victim", "defense"], sort=False)["BA"].mean()
+    ra = d.dropna(subset=["attack"]).groupby(["victim", "defense", "attack"], sort=False)["RA"].mean().unstack("attack")
     ra.columns = [f"{a} RA" for a in ra.columns]
     out = pd.concat([ba.rename("BA"), ra], axis=1).mul(100)
     blocks = []
@@ -295,7 +299,7 @@ def table_s3(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
     if d.empty:
         return pd.DataFrame()
     long = d.melt(id_vars=["defense", "victim"], value_vars=["BA", "RA"], var_name="Metric")
-    out = long.groupby(["defense", "Metric", "victim"], sort=False)["value"].first().mul(100).unstack("victim")
+    out = long.groupby(["defense", "Metric", "victim"], sort=False)["value"].mean().mul(100).unstack("victim")
     return _with_avg(out.reindex(columns=_columns(d.victim))).rename_axis(["Variant", "Metric"])
 
 
@@ -306,7 +310,7 @@ def table_s4(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
     if d.empty:
         return pd.DataFrame()
     d = d.assign(eps_label=d.eps.map(lambda e: f"{e * 255:.0f}/255")).sort_values("eps", kind="stable")
-    out = d.groupby(["eps_label", "victim"], sort=False)["RA"].first().mul(100).unstack("victim")
+    out = d.groupby(["eps_label", "victim"], sort=False)["RA"].mean().mul(100).unstack("victim")
     return _with_avg(out.reindex(columns=_columns(d.victim))).rename_axis("ϵ")
 
 
@@ -326,7 +330,7 @@ def table_s5(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
     d = d.assign(victim=victim_label(d), value=d.defense_params.map(lambda p: json.loads(p).get(ctx.sweep)))
     d = d.dropna(subset=["value"]).sort_values("value", kind="stable")
     d["value"] = d["value"].map(lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v))
-    out = d.groupby(["value", "victim"], sort=False)[["BA", "RA"]].first().mul(100).unstack("victim")
+    out = d.groupby(["value", "victim"], sort=False)[["BA", "RA"]].mean().mul(100).unstack("victim")
     out = out.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([_columns(d.victim), ["BA", "RA"]]))
     return out.rename_axis(ctx.sweep)
 
