@@ -57,7 +57,8 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
 
     from benchmark.provenance import provenance as prov
 
-    if threads:
+    previous_threads = torch.get_num_threads()
+    if threads:  # restored below: a stage run in this process must not change the caller's count
         torch.set_num_threads(threads)
     store = ArtifactStore(store_root)
     started = time.perf_counter()
@@ -84,6 +85,8 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
         return NodeOutcome(node.key, node.stage, node.label, time.perf_counter() - started, str(err))
     except Exception:  # a bug or a resource failure: keep the traceback for the report
         return NodeOutcome(node.key, node.stage, node.label, time.perf_counter() - started, traceback.format_exc())
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 INFERENCE_STAGES = ("features",)

@@ -190,3 +190,16 @@ def test_zepad_end_to_end_three_branches_detection_and_white_box_surrogates(tmp_
     model = ArtifactStore(tmp_path / "cache").load_meta("defend", [n.key for n in report.plan.nodes.values()
                                                                   if n.stage == "defend" and n.spec["defense"] == "zepad"][0])
     assert model["info"]["fusion"] == {"method": "rfdm", "mpae": [0, 1], "bmp": 2, "threshold": 0.1}
+
+
+def test_a_parallel_run_leaves_the_callers_torch_thread_count_alone(tmp_path):
+    """A one-stage wave runs in-process with the workers' thread count; the caller's
+    count must be restored (found by CI: later in-process runs silently used 1 thread)."""
+    import torch
+
+    from benchmark.executors import JoblibExecutor
+
+    before = torch.get_num_threads()
+    grid = parse_grid({**MICRO_GRID, "attacks": [{"name": "uapgd", "params": {"steps": 1}}], "defenses": ["none"]})
+    run_grid(grid, cache_dir=tmp_path / "cache", runs_dir=None, progress=False, executor=JoblibExecutor(2))
+    assert torch.get_num_threads() == before
