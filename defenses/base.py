@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
@@ -181,6 +182,17 @@ class AdversarialFineTuning(Defense):
             with torch.no_grad():
                 x_adv = torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
         return x_adv.detach()
+
+    def ce_adversarial_examples(self, encoder: Encoder, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                                start: torch.Tensor | None = None) -> torch.Tensor:
+        """PGD on the head's cross-entropy with BatchNorm in eval mode (the attack must not
+        update running statistics); leaves encoder and head in train mode for the step."""
+        encoder.eval()
+        head.eval()
+        x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=start)
+        encoder.train()
+        head.train()
+        return x_adv
 
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         encoder, _, history = self.fine_tune(victim, data)

@@ -91,11 +91,7 @@ class GenAF(AdversarialFineTuning):
                          "stage2_epochs": 2}}
 
     def loss(self, encoder, head, x, y):
-        encoder.eval()
-        head.eval()
-        x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x)
-        encoder.train()
-        head.train()
+        x_adv = self.ce_adversarial_examples(encoder, head, x, y)
         return self.stage1_loss(head(encoder(x)), head(encoder(x_adv)), y)
 
     def stage1_loss(self, logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

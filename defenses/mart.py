@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from defenses.base import AdversarialFineTuning, AdversarialFineTuningParams, register_defense
+from defenses.base import AdversarialFineTuning, register_defense
+from defenses.trades import TRADESParams
 
 
 def mart_loss(logits_natural: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
@@ -27,12 +27,8 @@ def mart_loss(logits_natural: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
     return boosted_ce + beta * (kl * (1.0000001 - true_probs)).mean()
 
 
-class MARTParams(AdversarialFineTuningParams):
-    eps: float = Field(0.031, gt=0, le=1)
-    step_size: float = Field(0.007, gt=0)
-    steps: int = Field(10, ge=0)
-    beta: float = Field(6.0, ge=0, description="weight of the misclassification-aware KL term")
-    start_std: float = Field(0.001, ge=0, description="the attack starts at x + start_std * N(0, 1)")
+class MARTParams(TRADESParams):
+    """TRADES's attack settings (eps 0.031, 10 steps of 0.007, start x + 0.001 N(0,1)) and beta = 6."""
 
 
 @register_defense("mart")
@@ -44,9 +40,5 @@ class MART(AdversarialFineTuning):
 
     def loss(self, encoder, head, x, y):
         p = self.params
-        encoder.eval()
-        head.eval()
-        x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=x + p.start_std * torch.randn_like(x))
-        encoder.train()
-        head.train()
+        x_adv = self.ce_adversarial_examples(encoder, head, x, y, start=x + p.start_std * torch.randn_like(x))
         return mart_loss(head(encoder(x)), head(encoder(x_adv)), y, p.beta)
