@@ -37,3 +37,7 @@ class CheckpointError(DAEBenchError):
 
 class StageFailedError(DAEBenchError):
     """One or more stages of a grid failed; the others were kept."""
+
+
+class StoreError(DAEBenchError):
+    """The artifact store's location cannot be used."""

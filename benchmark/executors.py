@@ -1,8 +1,10 @@
 """Executors: run independent stages, locally with joblib or on a Dask cluster.
 
-The seam is deliberately small: `map(fn, items)` yields `fn(item)` for each item,
-in any order. The runner calls it once per wave of stages whose inputs exist, so
-an executor needs no knowledge of the DAG.
+The seam is deliberately small: `map(fn, items, on_error)` yields `fn(item)` for
+each item, in any order. The runner calls it once per wave of stages whose inputs
+exist, so an executor needs no knowledge of the DAG. When a worker process dies
+(killed, out of host memory, segfault) the items it took yield
+`on_error(item, error)` instead: one failed stage, not a lost run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ R = TypeVar("R")
 class Executor(Protocol):
     workers: int
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
+    def map(self, fn: Callable[[T], R], items: Iterable[T],
+            on_error: Callable[[T, BaseException], R]) -> Iterator[R]: ...
+
+
+def _indexed(fn: Callable[[T], R], index: int, item: T) -> tuple[int, R]:
+    return index, fn(item)
 
 
 class JoblibExecutor:
@@ -27,7 +34,8 @@ class JoblibExecutor:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T],
+            on_error: Callable[[T, BaseException], R]) -> Iterator[R]:
         items = list(items)
         if self.workers == 1 or len(items) <= 1:
             for item in items:
@@ -35,7 +43,15 @@ class JoblibExecutor:
             return
         from joblib import Parallel, delayed
 
-        yield from Parallel(n_jobs=self.workers, return_as="generator_unordered")(delayed(fn)(i) for i in items)
+        pending = dict(enumerate(items))
+        try:
+            for index, result in Parallel(n_jobs=self.workers, return_as="generator_unordered")(
+                    delayed(_indexed)(fn, i, item) for i, item in pending.items()):
+                del pending[index]
+                yield result
+        except Exception as err:  # a worker died: joblib abandons the batch; its unfinished items fail
+            for item in pending.values():
+                yield on_error(item, err)
 
 
 class DaskExecutor:
@@ -64,12 +80,20 @@ class DaskExecutor:
                 self.client.register_plugin(_pin_gpu_plugin())
         self.workers = max(1, len(self.client.scheduler_info()["workers"]))
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T],
+            on_error: Callable[[T, BaseException], R]) -> Iterator[R]:
         from distributed import as_completed
 
-        futures = self.client.map(fn, list(items), pure=False)
-        for _, result in as_completed(futures, with_results=True):
-            yield result
+        items = list(items)
+        futures = self.client.map(fn, items, pure=False)
+        item_of = {future.key: item for future, item in zip(futures, items)}
+        # A task whose worker dies is retried elsewhere (`distributed.scheduler.allowed-failures`
+        # times), then errs with KilledWorker: that stage fails, the others go on.
+        for future in as_completed(futures):
+            if future.status == "error":
+                yield on_error(item_of[future.key], future.exception())
+            else:
+                yield future.result()
 
     def close(self) -> None:
         self.client.close()

@@ -116,6 +116,13 @@ def _run_stage(node: Node, ctx: StageContext, inputs: dict) -> tuple[dict, dict,
         ctx = dataclasses.replace(ctx, batch_size=smaller)
 
 
+def _lost_worker(node: Node, err: BaseException) -> NodeOutcome:
+    """The outcome of a stage whose worker process died under it (no traceback to keep)."""
+    return NodeOutcome(node.key, node.stage, node.label, 0.0,
+                       f"the worker running this stage died ({type(err).__name__}: {err}); "
+                       f"every finished artifact is kept, re-run to retry it")
+
+
 def _stage_of(store: ArtifactStore, key: str) -> str:
     for stage in STAGES:
         if store.exists(stage, key):
@@ -181,7 +188,7 @@ def run_grid(
         if not wave:
             break
         run_one = functools.partial(execute_node, store_root=str(store.root.resolve()), ctx=ctx, threads=threads)
-        for outcome in executor.map(run_one, wave):
+        for outcome in executor.map(run_one, wave, on_error=_lost_worker):
             pending.pop(outcome.key)
             report.seconds[outcome.stage] += outcome.seconds
             bar.update(1)

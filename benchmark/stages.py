@@ -78,10 +78,16 @@ def run_pretrain(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> 
     data = ctx.dataset(spec["data"])
     seed_everything(spec["seed"])  # the encoder's initial weights depend on it
     encoder = build_encoder(**spec["arch"])
-    log = pretrain(spec["method"], params, encoder, data.x_train, spec["seed"], ctx.torch_device, ctx.progress)
+    # The quality figure's floor: the same architecture, randomly initialised (eval mode:
+    # encoding touches no weights, statistics or random state).
+    random_init_knn = knn_accuracy(encode_images(encoder, data.x_train, ctx.torch_device, ctx.batch_size), data.y_train,
+                                   encode_images(encoder, data.x_test, ctx.torch_device, ctx.batch_size), data.y_test)
+    log = pretrain(spec["method"], params, encoder, data.x_train, spec["seed"], ctx.torch_device, ctx.progress,
+                   y_train=data.y_train)
     train_f = encode_images(encoder, data.x_train, ctx.torch_device, ctx.batch_size)
     test_f = encode_images(encoder, data.x_test, ctx.torch_device, ctx.batch_size)
     log["knn_accuracy"] = knn_accuracy(train_f, data.y_train, test_f, data.y_test)
+    log["random_init_knn_accuracy"] = random_init_knn
     tensors, meta = pack_branches([encoder.cpu()])
     return tensors, {**meta, **log}
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from benchmark.errors import StoreError
+
+HOST = socket.gethostname().replace("/", "_")
 
 TENSORS = "tensors.safetensors"
 META = "meta.json"
@@ -80,9 +85,27 @@ class Artifact:
         return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
 
 
+def local_root(root: str | os.PathLike) -> Path:
+    """A store location as a local path: a path, or a `file://` URL.
+
+    The store relies on POSIX semantics (atomic directory renames, kernel-released
+    file locks), which object stores (s3://, gs://) do not give; those are refused
+    with what to do instead."""
+    text = os.fspath(root)
+    if "://" not in text:
+        return Path(text)
+    protocol, _, rest = text.partition("://")
+    if protocol == "file":
+        return Path(rest if rest.startswith("/") else "/" + rest.split("/", 1)[-1])
+    raise StoreError(
+        f"Artifact store {text!r} uses protocol {protocol!r}: the store needs a POSIX filesystem "
+        f"(atomic renames and file locks), which an object store does not provide. Mount it "
+        f"(s3fs, gcsfuse, NFS) and pass the mount path, or use a local path / file:// URL.")
+
+
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        self.root = local_root(root)
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key[:2] / key
@@ -153,7 +176,9 @@ class ArtifactStore:
         final = self.path(stage, key)
         tmp_root = self.root / ".tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_root / f"{stage}-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # The writer's host and pid are in the name, so a cleaner on a shared filesystem
+        # removes only what a dead process of its own host left.
+        tmp = tmp_root / f"{stage}-{key}-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -173,18 +198,29 @@ class ArtifactStore:
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
 
-    def clean_stale_tmp(self, older_than_s: float = 0.0) -> int:
-        """Remove temporary directories left by killed writers; returns how many."""
+    def clean_stale_tmp(self, older_than_s: float = 0.0, foreign_after_s: float = 6 * 3600) -> int:
+        """Remove temporary directories left by killed writers; returns how many.
+
+        A writer of this host is stale when its pid is dead. Another host's writer cannot
+        be checked from here, so its directory is removed only when older than
+        `foreign_after_s` (no artifact write takes hours)."""
         tmp_root = self.root / ".tmp"
         if not tmp_root.is_dir():
             return 0
         removed = 0
         now = time.time()
         for d in tmp_root.iterdir():
-            pid = _pid_of(d.name)
-            if pid is not None and pid != os.getpid() and _alive(pid):
+            host, pid = _writer_of(d.name)
+            try:
+                age = now - d.stat().st_mtime
+            except FileNotFoundError:  # its writer finished meanwhile
                 continue
-            if now - d.stat().st_mtime >= older_than_s:
+            if host == HOST:
+                if pid is not None and pid != os.getpid() and _alive(pid):
+                    continue
+            elif age < max(older_than_s, foreign_after_s):
+                continue
+            if age >= older_than_s:
                 shutil.rmtree(d, ignore_errors=True)
                 removed += 1
         return removed
@@ -201,12 +237,18 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _pid_of(name: str) -> int | None:
-    parts = name.split("-")
+def _writer_of(name: str) -> tuple[str | None, int | None]:
+    """(host, pid) from a temporary directory's name `stage-key-host-pid-uuid`."""
+    parts = name.split("-", 2)
+    if len(parts) < 3:
+        return None, None
+    fields = parts[2].rsplit("-", 2)
+    if len(fields) == 2:  # written before host names were recorded: treat as this host's
+        fields = [HOST, *fields]
     try:
-        return int(parts[-2])
-    except (IndexError, ValueError):
-        return None
+        return fields[0], int(fields[1])
+    except (ValueError, IndexError):
+        return None, None
 
 
 def _alive(pid: int) -> bool:

@@ -90,3 +90,26 @@ def test_real_checkpoint_as_a_victim(capsys, tmp_path):
                           "--runs-dir", str(tmp_path / "r"), "--no-progress")
     assert code == 0, err
     assert "resnet20-12fca82f" in out
+
+
+def test_encoders_pretrain_is_cached_and_listed(capsys, tmp_path):
+    cache = str(tmp_path / "cache")
+    argv = ["encoders", "pretrain", "--method", "nnclr", "--dataset", "digits", "--width", "4",
+            "--set", "epochs=1", "--set", "queue_size=256", "--cache-dir", cache]
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0 and out.startswith("trained: nnclr-digits") and "random init" in out
+    code, again, _ = _run(capsys, *argv)
+    assert code == 0 and again.startswith("cache hit: nnclr-digits")
+    assert out.split("(key ")[1][:12] == again.split("(key ")[1][:12]
+    code, listing, _ = _run(capsys, "encoders", "list", "--cache-dir", cache)
+    assert code == 0 and "nnclr" in listing and "random_init_knn" in listing
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--method", "nnclrr"], "Did you mean 'nnclr'"),
+    (["--method", "nnclr", "--set", "epochs"], "--set expects KEY=VALUE"),
+    (["--method", "nnclr", "--set", "queue=5"], "queue: unknown parameter"),
+])
+def test_encoders_pretrain_rejects_bad_input(capsys, tmp_path, argv, expected):
+    code, out, err = _run(capsys, "encoders", "pretrain", "--dataset", "digits", *argv, "--cache-dir", str(tmp_path))
+    assert code == 2 and expected in err and "Traceback" not in err

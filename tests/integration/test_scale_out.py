@@ -57,6 +57,65 @@ def test_dask_local_cluster_runs_the_dag_once_into_the_same_store(serial_one_thr
     pd.testing.assert_frame_equal(_table(serial_one_thread.results), _table(report.results))
 
 
+def _crash_on_two(x: int) -> int:
+    if x == 2:
+        os._exit(1)  # the worker process dies mid-task (as under SIGKILL or the OOM killer)
+    return 10 * x
+
+
+@pytest.mark.parametrize("kind", ["dask", "joblib"])
+def test_a_dead_worker_fails_only_its_own_items(kind):
+    """The executor turns a lost worker into `on_error(item, err)` for what it held; the rest complete."""
+    from benchmark.executors import DaskExecutor, JoblibExecutor
+
+    import contextlib
+
+    import dask
+    import distributed  # noqa: F401  (loads its config defaults before we override one)
+
+    assert distributed.__version__
+
+    # (dask.config.set applies on creation: make it only where it is exited)
+    no_retry = dask.config.set({"distributed.scheduler.allowed-failures": 0}) if kind == "dask" else contextlib.nullcontext()
+    with no_retry:
+        executor = DaskExecutor(workers=2) if kind == "dask" else JoblibExecutor(2)
+        try:
+            results = list(executor.map(_crash_on_two, [0, 1, 2, 3], on_error=lambda item, err: ("failed", item)))
+        finally:
+            if kind == "dask":
+                executor.close()
+    assert ("failed", 2) in results
+    items = sorted(r[1] if isinstance(r, tuple) else r // 10 for r in results)
+    assert items == [0, 1, 2, 3]  # every item answered exactly once: a result or a failure
+    if kind == "dask":  # dask isolates the crash exactly; joblib fails the items still in flight with it
+        assert sorted(r for r in results if r != ("failed", 2)) == [0, 10, 30]
+
+
+def test_the_runner_turns_a_lost_worker_into_one_failed_stage(tmp_path):
+    """A stage whose worker died is reported as failed, its descendants skipped, every other artifact kept."""
+    from benchmark.executors import JoblibExecutor
+
+    class LosesFirstDefend(JoblibExecutor):
+        lost = None
+
+        def map(self, fn, items, on_error):
+            for item in items:
+                if item.stage == "defend" and self.lost is None:
+                    self.lost = item.key
+                    yield on_error(item, RuntimeError("worker 'tcp://127.0.0.1:1' vanished"))
+                else:
+                    yield fn(item)
+
+    executor = LosesFirstDefend(1)
+    report = run_grid(parse_grid(MICRO_GRID), cache_dir=tmp_path / "cache", runs_dir=None, progress=False,
+                      executor=executor, raise_on_failure=False)
+    assert [f.key for f in report.failures] == [executor.lost]
+    assert "worker running this stage died" in report.failures[0].error
+    assert report.skipped == len(report.plan.descendants(executor.lost))
+    again = run_grid(parse_grid(MICRO_GRID), cache_dir=tmp_path / "cache", runs_dir=None, progress=False)
+    assert not again.failures and sum(again.computed.values()) == 1 + report.skipped  # only what was lost
+
+
 def _daebench(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *args, "--no-progress"], cwd=REPO, env=env,

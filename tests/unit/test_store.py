@@ -1,4 +1,6 @@
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -50,6 +52,33 @@ def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path):
     stale = tmp_path / ".tmp" / "craft-k-999999999-abcd1234"
     stale.mkdir(parents=True)
     assert store.clean_stale_tmp() == 1 and not stale.exists()
+
+
+def test_stale_temp_dirs_are_judged_per_host(tmp_path):
+    """On a shared filesystem a pid means nothing for another host: its leftovers go only when old."""
+    from benchmark.store import HOST
+
+    store = ArtifactStore(tmp_path)
+    tmp = tmp_path / ".tmp"
+    dead_here = tmp / f"craft-k1-{HOST}-999999999-abcd1234"
+    alive_here = tmp / f"craft-k2-{HOST}-{os.getppid()}-abcd1234"
+    fresh_elsewhere = tmp / "craft-k3-other-node-7-abcd1234"
+    old_elsewhere = tmp / "craft-k4-other-node-7-abcd1234"
+    for d in (dead_here, alive_here, fresh_elsewhere, old_elsewhere):
+        d.mkdir(parents=True)
+    seven_hours_ago = time.time() - 7 * 3600
+    os.utime(old_elsewhere, (seven_hours_ago, seven_hours_ago))
+    assert store.clean_stale_tmp() == 2
+    assert not dead_here.exists() and not old_elsewhere.exists()
+    assert alive_here.exists() and fresh_elsewhere.exists()
+
+
+def test_store_accepts_file_urls_and_refuses_object_stores(tmp_path):
+    from benchmark.errors import StoreError
+
+    assert ArtifactStore(f"file://{tmp_path}").root == tmp_path
+    with pytest.raises(StoreError, match="POSIX filesystem.*Mount it"):
+        ArtifactStore("s3://bucket/daebench")
 
 
 def test_meta_is_plain_json(tmp_path):

@@ -27,6 +27,7 @@ class AugmentParams(Params):
     """solo-learn's CIFAR pipeline: crop (0.08, 1), jitter 0.4/0.4/0.2/0.1 p 0.8, gray 0.2, flip 0.5."""
 
     crop_min_scale: float = Field(0.08, gt=0, le=1)
+    crop_max_scale: float = Field(1.0, gt=0, le=1)
     brightness: float = Field(0.4, ge=0)
     contrast: float = Field(0.4, ge=0)
     saturation: float = Field(0.2, ge=0)
@@ -41,9 +42,9 @@ def _u(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=g) * (hi - lo) + lo
 
 
-def random_resized_crop_flip(x: torch.Tensor, p: AugmentParams, g: torch.Generator) -> torch.Tensor:
+def random_resized_crop_flip(x: torch.Tensor, p: AugmentParams, g: torch.Generator, size: int | None = None) -> torch.Tensor:
     n = x.shape[0]
-    area = _u(n, p.crop_min_scale, 1.0, g)
+    area = _u(n, p.crop_min_scale, max(p.crop_min_scale, p.crop_max_scale), g)
     log_ratio = _u(n, math.log(3 / 4), math.log(4 / 3), g)
     ratio = log_ratio.exp()
     w = (area * ratio).sqrt().clamp(max=1.0)
@@ -56,7 +57,8 @@ def random_resized_crop_flip(x: torch.Tensor, p: AugmentParams, g: torch.Generat
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = h
     theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    out_shape = list(x.shape) if size is None else [n, x.shape[1], size, size]
+    grid = F.affine_grid(theta.to(x.device), out_shape, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -81,10 +83,11 @@ def color_jitter(x: torch.Tensor, p: AugmentParams, g: torch.Generator) -> torch
     return apply * y + (1 - apply) * x
 
 
-def augment(x: torch.Tensor, p: AugmentParams, g: torch.Generator) -> torch.Tensor:
-    """One random view of each image in the batch; x float in [0, 1], (N, 3, H, W)."""
+def augment(x: torch.Tensor, p: AugmentParams, g: torch.Generator, size: int | None = None) -> torch.Tensor:
+    """One random view of each image in the batch; x float in [0, 1], (N, 3, H, W).
+    `size` resizes the crop (multi-crop's small views); None keeps H x W."""
     n = x.shape[0]
-    y = random_resized_crop_flip(x, p, g)
+    y = random_resized_crop_flip(x, p, g, size)
     y = color_jitter(y, p, g)
     gray = (torch.rand(n, generator=g) < p.grayscale_prob).view(n, 1, 1, 1).to(x.device)
     y = torch.where(gray, (y * _GRAY.to(x.device)).sum(1, keepdim=True).expand_as(y), y)

@@ -4,6 +4,9 @@ solo-learn's checkpoint zoo is gone, so the harness pre-trains its own victims.
 A method is an `nn.Module` holding the encoder being trained plus its heads
 (projector, predictor, momentum copies, queues); it implements
 `training_loss(view1, view2)` and, if it has momentum parts, `after_step(progress)`.
+A method that needs more says so: `uses_labels = True` (SupCon) adds `labels=`,
+`params.local_crops > 0` (multi-crop SwAV / DINO) adds `local_views=[...]`, and
+`before_optimizer_step(epoch)` may edit gradients (frozen prototypes).
 The base owns the optimiser (LARS / SGD / Adam, warm-up + cosine), the two-view
 augmentation, seeding, optional bf16 autocast and channels_last, and progress.
 The `paper` profile of each method is solo-learn's published CIFAR config; the
@@ -30,6 +33,8 @@ from benchmark.runtime import batches, seed_everything
 
 import_torchvision()  # lightly imports torchvision; must come first on CPU torch
 
+Optimizer = Literal["lars", "sgd", "adam"]
+
 SSL_METHODS: Registry = Registry(
     "SSL method", entry_point_group="daebench.ssl_methods",
     builtin_package="benchmark.encoders.ssl",  # one module per method
@@ -41,7 +46,7 @@ register_ssl_method = SSL_METHODS.register
 class SSLParams(Params):
     epochs: int = Field(1000, ge=1)
     batch_size: int = Field(256, ge=2)
-    optimizer: Literal["lars", "sgd", "adam"] = "lars"
+    optimizer: Optimizer = "lars"
     lr: float = Field(0.4, gt=0, description="base lr for batch 256 (scaled linearly, as solo-learn)")
     weight_decay: float = Field(1e-5, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -49,21 +54,41 @@ class SSLParams(Params):
     proj_hidden_dim: int = Field(2048, ge=1)
     proj_output_dim: int = Field(256, ge=1)
     augment: AugmentParams = Field(default_factory=AugmentParams)
+    augment2: AugmentParams | None = Field(None, description="the second view's pipeline (asymmetric methods); None = same as the first")
+    local_crops: int = Field(0, ge=0, description="multi-crop: extra small views (solo-learn's CIFAR configs use none)")
+    local_crop_size: int = Field(16, ge=4)
+    local_augment: AugmentParams = Field(default_factory=lambda: AugmentParams(crop_min_scale=0.05, crop_max_scale=0.14))
     max_samples: int | None = Field(None, ge=1, description="use only the first N training images")
     amp: bool = Field(False, description="bf16 autocast (CPU and CUDA)")
     channels_last: bool = False
 
 
+TINY_PROFILE: dict[str, Any] = {
+    "epochs": 15, "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0,
+    "proj_hidden_dim": 512, "proj_output_dim": 128, "batch_size": 256,
+}
+
+
+def tiny(**overrides: Any) -> dict[str, Any]:
+    """The CPU profile shared by every recipe (narrow heads, Adam, few epochs) plus a method's own changes."""
+    return {**TINY_PROFILE, **overrides}
+
+
 class SSLMethod(nn.Module, Configurable):
     Params: ClassVar[type[SSLParams]] = SSLParams
+    uses_labels: ClassVar[bool] = False  # supervised (SupCon): training_loss gets labels=
 
     def __init__(self, encoder: Encoder, params: SSLParams) -> None:
         super().__init__()
         self.encoder = encoder
         self.params = params
+        self.epoch = 0  # set by the loop before each step (schedules counted in epochs)
 
     def training_loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """Called between backward and the optimiser step (e.g. to drop frozen layers' gradients)."""
 
     def after_step(self, progress: float) -> None:
         """Called after each optimiser step with progress in [0, 1] (momentum updates)."""
@@ -90,13 +115,17 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 def pretrain(
     method: str, params: SSLParams, encoder: Encoder, x_train: torch.Tensor, seed: int,
-    device: torch.device, progress: bool = False,
+    device: torch.device, progress: bool = False, y_train: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Train `encoder` in place with SSL method `method` on uint8 images; returns a log."""
+    """Train `encoder` in place with SSL method `method` on uint8 images; returns a log.
+
+    `y_train` is used only by supervised recipes (SupCon)."""
     generator = seed_everything(seed)
     model: SSLMethod = SSL_METHODS.get(method)(encoder, params).to(device)
     if params.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if model.uses_labels and y_train is None:
+        raise ValueError(f"SSL method {method!r} is supervised: it needs the training labels")
     x_train = x_train[: params.max_samples] if params.max_samples else x_train
     batch_size = min(params.batch_size, len(x_train))
     steps_per_epoch = max(1, len(x_train) // batch_size)
@@ -106,18 +135,27 @@ def pretrain(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=params.amp)
     history: list[float] = []
     step, started = 0, time.perf_counter()
-    for _ in tqdm(range(params.epochs), desc=f"pretrain:{method}", leave=False, disable=not progress):
+    second = params.augment2 or params.augment
+    for epoch in tqdm(range(params.epochs), desc=f"pretrain:{method}", leave=False, disable=not progress):
         model.train()
+        model.epoch = epoch
         total_loss = 0.0
         for idx in batches(len(x_train), batch_size, generator, drop_last=True):
             x = x_train[idx].to(device).float().div_(255)
-            v1, v2 = augment(x, params.augment, generator), augment(x, params.augment, generator)
+            v1, v2 = augment(x, params.augment, generator), augment(x, second, generator)
+            extra: dict[str, Any] = {}
+            if model.uses_labels:
+                extra["labels"] = y_train[idx].to(device)
+            if params.local_crops:
+                extra["local_views"] = [augment(x, params.local_augment, generator, size=params.local_crop_size)
+                                        for _ in range(params.local_crops)]
             if params.channels_last:
                 v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
             with autocast:
-                loss = model.training_loss(v1, v2)
+                loss = model.training_loss(v1, v2, **extra)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            model.before_optimizer_step()
             opt.step()
             sched.step()
             step += 1

@@ -1,0 +1,73 @@
+"""DINO (Caron et al., ICCV 2021): self-distillation; the student's prototype
+distribution matches a centred, sharpened momentum teacher's.
+
+lightly's `DINOProjectionHead` and `DINOLoss` (centring, teacher temperature warm-up).
+The teacher sees the two global views; the student also sees `local_crops` small
+views when multi-crop is on (solo-learn's CIFAR config uses none).
+solo-learn CIFAR config: head 2048 -> bottleneck 256 -> 4096 prototypes, student
+temperature 0.1, teacher 0.04 -> 0.07 over 50 epochs, last layer frozen for the
+first epoch, tau 0.9995 -> 1.0, LARS lr 0.3, wd 1e-6, batch 256, 1000 epochs,
+asymmetric augmentations.
+"""
+
+from __future__ import annotations
+
+from lightly.loss import DINOLoss
+from lightly.models.modules import DINOProjectionHead
+from lightly.utils.scheduler import cosine_schedule
+from pydantic import Field
+
+from benchmark.encoders.ssl.augment import AugmentParams
+from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
+from benchmark.encoders.ssl.heads import MomentumPair, full_precision
+from benchmark.encoders.ssl.nnclr import asymmetric_second_view
+
+
+class DINOParams(SSLParams):
+    lr: float = Field(0.3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    proj_hidden_dim: int = Field(2048, ge=1)
+    proj_output_dim: int = Field(256, ge=1, description="the bottleneck before the prototypes")
+    num_prototypes: int = Field(4096, ge=2)
+    student_temperature: float = Field(0.1, gt=0)
+    teacher_temperature: float = Field(0.07, gt=0)
+    warmup_teacher_temperature: float = Field(0.04, gt=0)
+    warmup_teacher_temperature_epochs: int = Field(50, ge=0)
+    freeze_last_layer_epochs: int = Field(1, ge=0)
+    base_tau: float = Field(0.9995, ge=0, le=1)
+    final_tau: float = Field(1.0, ge=0, le=1)
+    augment2: AugmentParams | None = Field(default_factory=asymmetric_second_view)
+
+
+@register_ssl_method("dino")
+class DINO(SSLMethod):
+    Params = DINOParams
+    profiles = {"tiny": tiny(num_prototypes=1024, warmup_teacher_temperature_epochs=5, base_tau=0.99)}
+
+    def __init__(self, encoder, params: DINOParams) -> None:
+        super().__init__(encoder, params)
+        def make_head() -> DINOProjectionHead:
+            return DINOProjectionHead(encoder.feature_dim, params.proj_hidden_dim, params.proj_output_dim,
+                                      params.num_prototypes, freeze_last_layer=params.freeze_last_layer_epochs)
+
+        self.head = make_head()
+        self.teacher = MomentumPair(encoder, self.head, projector_copy=make_head())
+        self.criterion = DINOLoss(output_dim=params.num_prototypes,
+                                  warmup_teacher_temp=params.warmup_teacher_temperature,
+                                  teacher_temp=params.teacher_temperature,
+                                  warmup_teacher_temp_epochs=params.warmup_teacher_temperature_epochs,
+                                  student_temp=params.student_temperature)
+
+    def training_loss(self, view1, view2, local_views=()):
+        teacher = [self.teacher(view1).float(), self.teacher(view2).float()]
+        student = [self.head(self.encoder(v)).float() for v in (view1, view2, *local_views)]
+        with full_precision(view1):
+            return self.criterion(teacher, student, epoch=self.epoch)
+
+    def before_optimizer_step(self) -> None:
+        self.head.cancel_last_layer_gradients(self.epoch)
+
+    def after_step(self, progress: float) -> None:
+        p = self.params
+        self.teacher.follow(self.encoder, self.head,
+                            cosine_schedule(int(progress * 10_000), 10_000, p.base_tau, p.final_tau))
