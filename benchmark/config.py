@@ -70,7 +70,7 @@ class EncoderSpec(_Strict):
     key_map: dict[str, str] | None = None
     arch: str = "resnet18"
     width: int = Field(64, ge=1, le=1024)
-    conv1_padding: int = Field(2, ge=0, le=3)
+    conv1_padding: int | None = Field(None, ge=0, le=3, description="None: the architecture's own (resnet18: 2, as solo-learn)")
     normalization: Literal["cifar", "imagenet"] = "cifar"
     profile: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)

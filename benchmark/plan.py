@@ -99,7 +99,10 @@ class _Planner:
 
     def encoder(self, enc: EncoderSpec, seed: int) -> str:
         mean, std = NORMALIZATION[enc.normalization]
-        arch = {"arch": enc.arch, "width": enc.width, "conv1_padding": enc.conv1_padding,
+        from benchmark.encoders.backbones import default_conv1_padding
+
+        padding = enc.conv1_padding if enc.conv1_padding is not None else default_conv1_padding(enc.arch)
+        arch = {"arch": enc.arch, "width": enc.width, "conv1_padding": padding,
                 "mean": list(mean), "std": list(std)}
         if enc.checkpoint:
             from benchmark.encoders.checkpoints import file_sha256

@@ -99,6 +99,9 @@ def run_checkpoint(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -
     encoder = build_encoder(**spec["arch"])
     extras = load_encoder_weights(encoder, spec["_path"], key_map=spec.get("key_map"))
     tensors, meta = pack_branches([encoder])
+    # Kept, not dropped: a solo-learn `classifier.*` probe or a torchvision `fc.*` head is a
+    # ready-made linear head for the pre-training dataset (`checkpoints.ready_made_head`).
+    tensors.update({f"extra.{k}": v.detach().clone() for k, v in extras.items()})
     return tensors, {**meta, "source_file": Path(spec["_path"]).name, "extra_tensors": sorted(extras)}
 
 

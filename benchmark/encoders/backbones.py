@@ -109,6 +109,18 @@ class ResNet18Cifar(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
 
 
+class ResNet18ImageNet(ResNet18Cifar):
+    """ResNet18 with the ImageNet stem (7x7 conv, stride 2, 3x3 max-pool): torchvision's
+    and timm's `resnet18` (same parameter names), for ImageNet-pre-trained victims."""
+
+    def __init__(self, width: int = 64, conv1_padding: int = 3) -> None:
+        super().__init__(width, conv1_padding)
+        self.conv1 = nn.Conv2d(3, width, 7, 2, conv1_padding, bias=False)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+
+
 class CifarResNet(nn.Module):
     """ResNet-20/32/44/56 for CIFAR (16, 32, 64 channels; n blocks per stage)."""
 
@@ -151,6 +163,20 @@ class CifarResNet(nn.Module):
 def resnet18(width: int = 64, conv1_padding: int = 2) -> ResNet18Cifar:
     """ResNet18, CIFAR stem (3x3 conv, no max-pool); 8*width-d features (512 at width 64)."""
     return ResNet18Cifar(width=width, conv1_padding=conv1_padding)
+
+
+@ENCODERS.register("resnet18_imagenet")
+def resnet18_imagenet(width: int = 64, conv1_padding: int = 3) -> ResNet18ImageNet:
+    """ResNet18, ImageNet stem (7x7 conv stride 2 + max-pool): loads torchvision / timm
+    `resnet18` state dicts (their `fc` head is kept as an extra)."""
+    return ResNet18ImageNet(width=width, conv1_padding=conv1_padding)
+
+
+def default_conv1_padding(arch: str) -> int:
+    """The architecture's own conv1 padding (the default of its factory)."""
+    import inspect
+
+    return inspect.signature(ENCODERS.get(arch)).parameters["conv1_padding"].default
 
 
 @ENCODERS.register("resnet20")
@@ -202,12 +228,15 @@ class Encoder(nn.Module):
 def build_encoder(
     arch: str,
     width: int = 64,
-    conv1_padding: int = 2,
+    conv1_padding: int | None = None,
     mean: Sequence[float] = CIFAR_MEAN,
     std: Sequence[float] = CIFAR_STD,
 ) -> Encoder:
-    """Build a normalising encoder from a registered architecture name."""
+    """Build a normalising encoder from a registered architecture name
+    (`conv1_padding` None: the architecture's own)."""
     factory = ENCODERS.get(arch)
+    if conv1_padding is None:
+        conv1_padding = default_conv1_padding(arch)
     encoder = Encoder(factory(width=width, conv1_padding=conv1_padding), mean, std)
     # How to rebuild it: stored with every encoder artifact (weights alone are not enough).
     encoder.arch_spec = {"arch": arch, "width": width, "conv1_padding": conv1_padding,

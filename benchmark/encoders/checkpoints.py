@@ -324,3 +324,21 @@ def load_encoder_weights(encoder: Encoder, path: str | os.PathLike, key_map: dic
             f"{' '.join(str(err).split())[:400]}. Check the architecture, key_map and width."
         ) from None
     return extras
+
+
+def ready_made_head(tensors: Mapping[str, Tensor], prefix: str = "extra.") -> nn.Linear | None:
+    """The linear head a checkpoint came with (solo-learn `classifier.*`, torchvision /
+    timm `fc.*`, `linear.*`, `head.*`), from a checkpoint artifact's tensors; None if none.
+
+    It classifies the checkpoint's own pre-training classes, so it is a valid downstream
+    head only when D_d is that dataset."""
+    for name in ("classifier", "fc", "linear", "head"):
+        weight, bias = tensors.get(f"{prefix}{name}.weight"), tensors.get(f"{prefix}{name}.bias")
+        if weight is not None and weight.dim() == 2:
+            head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            with torch.no_grad():
+                head.weight.copy_(weight)
+                if bias is not None:
+                    head.bias.copy_(bias)
+            return head.eval()
+    return None

@@ -254,3 +254,48 @@ def test_unexpected_and_missing_keys(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="layer4.1.bn2.weight") as info:
         load_encoder_weights(build_encoder("resnet18", width=8), path)
     assert "layer5.0.conv1.weight" in str(info.value)
+
+
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_torchvision_and_timm_resnet18_state_dicts_load_with_identical_features(tmp_path: Path, source: str) -> None:
+    """An ImageNet-stem ResNet18 from torchvision or timm (random weights, BN statistics
+    perturbed so they matter) loads into `resnet18_imagenet`; features match the source
+    model's penultimate layer, and its `fc` head comes back as an extra."""
+    from benchmark.compat import import_torchvision
+
+    torchvision = import_torchvision()
+    torch.manual_seed(0)
+    if source == "torchvision":
+        model = torchvision.models.resnet18(weights=None)
+    else:
+        timm = pytest.importorskip("timm")
+        model = timm.create_model("resnet18", pretrained=False)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f"{source}.pth"
+    torch.save(model.state_dict(), path)
+    encoder = build_encoder("resnet18_imagenet", width=64)
+    extras = load_encoder_weights(encoder, path)
+    assert set(extras) == {"fc.weight", "fc.bias"}
+    model.fc = torch.nn.Identity()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(encoder.backbone.eval()(x), model.eval()(x), atol=1e-5)
+
+
+def test_checkpoint_stage_keeps_the_solo_learn_probe_as_a_ready_made_head(tmp_path: Path) -> None:
+    from benchmark.encoders.checkpoints import ready_made_head
+    from benchmark.stages import StageContext, run_checkpoint
+
+    state = _source_state()
+    path = tmp_path / "solo.ckpt"
+    torch.save({"state_dict": {"backbone." + k: v for k, v in state.items()} | HEAD}, path)
+    arch = {"arch": "resnet18", "width": 8, "conv1_padding": 2}
+    tensors, meta = run_checkpoint(StageContext(), {"arch": arch, "_path": str(path)}, {})
+    head = ready_made_head(tensors)
+    assert isinstance(head, torch.nn.Linear) and (head.in_features, head.out_features) == (64, 10)
+    assert torch.equal(head.weight, HEAD["classifier.weight"]) and torch.equal(head.bias, HEAD["classifier.bias"])
+    assert "classifier.weight" in meta["extra_tensors"]
+    assert ready_made_head({k: v for k, v in tensors.items() if not k.startswith("extra.")}) is None

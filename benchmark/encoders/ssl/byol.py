@@ -15,7 +15,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from pydantic import Field
 
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method
+from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
 
 
 class BYOLParams(SSLParams):
@@ -29,9 +29,7 @@ class BYOLParams(SSLParams):
 @register_ssl_method("byol")
 class BYOL(SSLMethod):
     Params = BYOLParams
-    profiles = {"tiny": {"epochs": 15, "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0,
-                         "proj_hidden_dim": 512, "pred_hidden_dim": 512, "proj_output_dim": 128,
-                         "base_tau": 0.98}}
+    profiles = {"tiny": tiny(pred_hidden_dim=512)}
 
     def __init__(self, encoder, params: BYOLParams) -> None:
         super().__init__(encoder, params)

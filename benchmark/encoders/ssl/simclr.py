@@ -10,10 +10,8 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from pydantic import Field
 
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method
+from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
 
-TINY = {"epochs": 15, "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 0,
-        "proj_hidden_dim": 512, "proj_output_dim": 128, "batch_size": 256}
 
 
 class SimCLRParams(SSLParams):
@@ -23,7 +21,7 @@ class SimCLRParams(SSLParams):
 @register_ssl_method("simclr")
 class SimCLR(SSLMethod):
     Params = SimCLRParams
-    profiles = {"tiny": TINY}
+    profiles = {"tiny": tiny()}
 
     def __init__(self, encoder, params: SimCLRParams) -> None:
         super().__init__(encoder, params)

@@ -36,7 +36,7 @@ class WMSEParams(SSLParams):
 @register_ssl_method("wmse")
 class WMSE(SSLMethod):
     Params = WMSEParams
-    profiles = {"tiny": tiny(lr=2e-3, proj_hidden_dim=512, proj_output_dim=64, whitening_size=128)}
+    profiles = {"tiny": tiny(lr=2e-3, proj_hidden_dim=512, proj_output_dim=64, whitening_size=128, batch_size=128)}
 
     def __init__(self, encoder, params: WMSEParams) -> None:
         super().__init__(encoder, params)
