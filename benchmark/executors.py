@@ -43,13 +43,16 @@ class JoblibExecutor:
             return
         from joblib import Parallel, delayed
 
+        from joblib.externals.loky.process_executor import BrokenProcessPool, TerminatedWorkerError
+
         pending = dict(enumerate(items))
+        jobs = [delayed(_indexed)(fn, i, item) for i, item in pending.items()]
         try:
-            for index, result in Parallel(n_jobs=self.workers, return_as="generator_unordered")(
-                    delayed(_indexed)(fn, i, item) for i, item in pending.items()):
+            for index, result in Parallel(n_jobs=self.workers, return_as="generator_unordered")(jobs):
                 del pending[index]
                 yield result
-        except Exception as err:  # a worker died: joblib abandons the batch; its unfinished items fail
+        except (TerminatedWorkerError, BrokenProcessPool) as err:
+            # A worker died: joblib abandons the batch, so every unfinished item fails with it.
             for item in pending.values():
                 yield on_error(item, err)
 
