@@ -51,9 +51,17 @@ class Configurable:
         try:
             return cls.Params(**values)
         except ValidationError as err:
-            valid = ", ".join(f"{k} (default {f.default!r})" for k, f in cls.Params.model_fields.items())
+            valid = ", ".join(f"{k} (default {_default_text(f)})" for k, f in cls.Params.model_fields.items())
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or '?'}: {'unknown parameter' if e['type'] == 'extra_forbidden' else e['msg']}"
                 for e in err.errors()
             )
             raise ConfigError(f"{where}: invalid parameters: {problems}. Valid parameters: {valid}.") from None
+
+
+def _default_text(field: Any) -> str:
+    """A field's default for an error message (nested settings shown as 'nested settings')."""
+    if field.default_factory is not None:
+        value = field.default_factory()
+        return "nested settings" if hasattr(value, "model_dump") else repr(value)
+    return repr(field.default)
