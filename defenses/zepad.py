@@ -39,9 +39,10 @@ from benchmark.encoders.backbones import Encoder
 from defenses.base import AuxiliaryEncoder, DefendedModel, Defense, register_defense
 from defenses.genaf import GenAF, GenAFParams
 
-# recipe settings a partner encoder shares with the victim (sizes and speed switches,
-# not method-specific hyper-parameters such as a temperature)
-SHARED_RECIPE_KEYS = ("epochs", "batch_size", "max_samples", "amp", "channels_last")
+# recipe settings a partner encoder shares with the victim when the victim's spec pins
+# them (sizes, the tiny profile's shared Adam lr, speed switches), never method-specific
+# hyper-parameters such as a temperature
+SHARED_RECIPE_KEYS = ("epochs", "batch_size", "lr", "max_samples", "amp", "channels_last")
 
 
 class ZePADParams(GenAFParams):
