@@ -139,7 +139,7 @@ class _Planner:
 
         cls = DEFENSES.get(defense.name)
         params = cls.resolve_params(cls.profile_for(defense.profile, self.grid.profile), defense.params)
-        extra = cls.auxiliary_encoders(params, victim, d_f)
+        extra = cls.auxiliary_encoders(params, victim, d_f, self.grid.profile)
         keys = [self.encoder(aux.spec, seed + aux.seed_offset) for aux in extra]
         return keys, [k for k, aux in zip(keys, extra) if aux.public]
 

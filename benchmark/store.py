@@ -103,6 +103,9 @@ def local_root(root: str | os.PathLike) -> Path:
         f"(s3fs, gcsfuse, NFS) and pass the mount path, or use a local path / file:// URL.")
 
 
+_BOOKKEEPING = frozenset({".tmp", "locks", "quarantine", "partial"})
+
+
 class ArtifactStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = local_root(root)
@@ -230,6 +233,23 @@ class ArtifactStore:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.glob("*/*") if (p / META).is_file())
+
+    def complete(self) -> set[tuple[str, str]]:
+        """Every complete artifact as (stage, key), safe to call while writers run.
+
+        Skips the store's own bookkeeping folders; a directory renamed away mid-listing
+        (a temporary one landing, a corrupt one quarantined) is simply not counted."""
+        found: set[tuple[str, str]] = set()
+        try:
+            stages = [d.name for d in self.root.iterdir() if d.name not in _BOOKKEEPING and d.is_dir()]
+        except FileNotFoundError:
+            return found
+        for stage in stages:
+            try:
+                found.update((stage, key) for key in self.keys(stage))
+            except FileNotFoundError:  # pragma: no cover - a shard removed mid-listing
+                continue
+        return found
 
 
 def _fsync(path: Path) -> None:

@@ -110,11 +110,13 @@ class Defense(Configurable):
         raise NotImplementedError
 
     @classmethod
-    def auxiliary_encoders(cls, params: Params, victim: Any, fine_tune_data: str) -> list["AuxiliaryEncoder"]:
+    def auxiliary_encoders(cls, params: Params, victim: Any, fine_tune_data: str,
+                           profile: str = "paper") -> list["AuxiliaryEncoder"]:
         """Extra encoders the defense builds on, e.g. ZePAD's MPAE partner (public) and
         its BMP encoder (the defender's own, pre-trained on D_f). The grid pre-trains or
         loads them and hands them to `defend`, in this order, as `self.auxiliaries`;
-        white-box attackers get the public ones as surrogates too."""
+        white-box attackers get the public ones as surrogates too. `profile` is the
+        grid's default profile, which an auxiliary without its own inherits."""
         return []
 
     @staticmethod

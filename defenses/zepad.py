@@ -40,9 +40,35 @@ from defenses.base import AuxiliaryEncoder, DefendedModel, Defense, register_def
 from defenses.genaf import GenAF, GenAFParams
 
 # recipe settings a partner encoder shares with the victim when the victim's spec pins
-# them (sizes, the tiny profile's shared Adam lr, speed switches), never method-specific
-# hyper-parameters such as a temperature
-SHARED_RECIPE_KEYS = ("epochs", "batch_size", "lr", "max_samples", "amp", "channels_last")
+# them (sizes, speed switches), never method-specific hyper-parameters such as a
+# temperature. A pinned learning rate is shared only with its optimiser: see `_shared_recipe`.
+SHARED_RECIPE_KEYS = ("epochs", "batch_size", "max_samples", "amp", "channels_last")
+
+
+def _shared_recipe(victim, method: str, grid_profile: str) -> dict:
+    """The victim's pinned settings a partner of `method` takes over.
+
+    A learning rate means something only for one optimiser: the victim's pinned `lr`
+    goes to the partner when the victim pins `optimizer` too (both are shared), or when
+    the partner's recipe, under the same profile, uses the victim's optimiser anyway
+    (the tiny profile: Adam for every method). Otherwise (LARS vs SGD in the paper
+    profiles) the partner keeps its own recipe's lr."""
+    from benchmark.encoders.ssl import SSL_METHODS
+
+    pinned = victim.params
+    shared = {k: v for k, v in pinned.items() if k in SHARED_RECIPE_KEYS}
+    if "optimizer" in pinned:
+        shared["optimizer"] = pinned["optimizer"]
+        if "lr" in pinned:
+            shared["lr"] = pinned["lr"]
+    elif "lr" in pinned and victim.method in SSL_METHODS and method in SSL_METHODS:
+        def optimiser(name: str) -> str:
+            cls = SSL_METHODS.get(name)
+            return cls.resolve_params(cls.profile_for(victim.profile, grid_profile)).optimizer
+
+        if optimiser(victim.method) == optimiser(method):
+            shared["lr"] = pinned["lr"]
+    return shared
 
 
 class ZePADParams(GenAFParams):
@@ -81,11 +107,12 @@ class ZePAD(Defense):
         return available[:1] or ["byol"]
 
     @classmethod
-    def auxiliary_encoders(cls, params: ZePADParams, victim, fine_tune_data: str) -> list[AuxiliaryEncoder]:
+    def auxiliary_encoders(cls, params: ZePADParams, victim, fine_tune_data: str,
+                           profile: str = "paper") -> list[AuxiliaryEncoder]:
         def like_victim(method: str, dataset: str):
-            shared = {k: v for k, v in victim.params.items() if k in SHARED_RECIPE_KEYS}
             return victim.model_copy(update={"name": f"{method}-{dataset}", "method": method, "dataset": dataset,
-                                             "checkpoint": None, "key_map": None, "params": shared})
+                                             "checkpoint": None, "key_map": None,
+                                             "params": _shared_recipe(victim, method, profile)})
 
         out = []
         if params.mpae_branch:  # public encoders of the zoo, pre-trained on the victim's data

@@ -14,14 +14,15 @@ import pandas as pd
 import pytest
 
 from benchmark.run import run_grid
+from benchmark.store import ArtifactStore
 from tests.conftest import REPO, write_grid
 
 pytestmark = pytest.mark.slow
 TRIALS = 20
 
 
-def _complete(cache) -> set[str]:
-    return {p.parent.name for p in cache.glob("*/*/*/meta.json") if p.parent.parent.parent.name != "quarantine"}
+def _complete(cache) -> set[tuple[str, str]]:
+    return ArtifactStore(cache).complete()
 
 
 def test_random_sigkills_then_resume_equal_an_uninterrupted_run(micro_run, tmp_path):

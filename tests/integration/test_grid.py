@@ -14,6 +14,7 @@ import pytest
 from benchmark.config import parse_grid
 from benchmark.errors import StageFailedError
 from benchmark.run import run_grid
+from benchmark.store import ArtifactStore
 from tests.conftest import MICRO_GRID, write_grid
 
 METRICS = ["BA", "RA", "ASR", "n"]
@@ -97,11 +98,11 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(first_run, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     # Kill once the first stages have landed, while later ones are in flight.
-    while time.time() < deadline and len(list(cache.glob("*/*/*/meta.json"))) < 3:
+    while time.time() < deadline and len(ArtifactStore(cache).complete()) < 3:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    landed = len(list(cache.glob("*/*/*/meta.json")))
+    landed = len(ArtifactStore(cache).complete())
     assert landed >= 3, "the run finished or stalled before it could be killed"
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr

@@ -86,3 +86,17 @@ def test_meta_is_plain_json(tmp_path):
     store.save("evaluate", "kk", {"x": torch.zeros(2)}, {"metrics": {"BA": 0.5}})
     meta = json.loads((store.path("evaluate", "kk") / "meta.json").read_text())
     assert meta["metrics"]["BA"] == 0.5 and meta["stage"] == "evaluate"
+
+
+def test_complete_lists_finished_artifacts_and_ignores_bookkeeping_and_vanishing_dirs(tmp_path):
+    store = ArtifactStore(tmp_path)
+    assert store.complete() == set()  # the root does not exist yet
+    store.save("craft", "abc123", {"x": torch.zeros(2)}, {})
+    store.save("head", "def456", {"x": torch.ones(2)}, {})
+    (tmp_path / ".tmp" / "craft-zzz-host-1-aa").mkdir(parents=True)
+    (tmp_path / "quarantine" / "craft-old").mkdir(parents=True)
+    (tmp_path / "quarantine" / "craft-old" / "meta.json").write_text("{}")
+    (tmp_path / "partial" / "k").mkdir(parents=True)
+    assert store.complete() == {("craft", "abc123"), ("head", "def456")}
+    store.quarantine("head", "def456", reason="test")
+    assert store.complete() == {("craft", "abc123")}

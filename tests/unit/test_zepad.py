@@ -103,3 +103,26 @@ def test_generator_source_fine_tunes_on_x_plus_a_universal_perturbation():
     assert len(model.branches) == 3 and seen
     assert len(made) == 2 and all(d.shape == (1, 3, 16, 16) for d in made)  # one G per MPAE encoder, universal
     assert max(seen) <= params.eps + 1e-6 and max(seen) > 0
+
+
+def test_a_pinned_lr_goes_to_partners_only_with_its_optimiser():
+    """The tiny profile runs every method on Adam, so a pinned Adam lr is shared; in the
+    paper profiles SimCLR (LARS) and MoCo v2+ (SGD) differ, so the partner keeps its own."""
+    victim = EncoderSpec(method="simclr", dataset="cifar10", params={"epochs": 3, "lr": 1e-3, "temperature": 0.2})
+    tiny = ZePAD.auxiliary_encoders(ZePAD.Params(aux_methods=["mocov2plus"]), victim, "cifar10", profile="tiny")
+    assert [a.spec.params for a in tiny] == [{"epochs": 3, "lr": 1e-3}] * 2
+    paper = ZePAD.auxiliary_encoders(ZePAD.Params(aux_methods=["mocov2plus"]), victim, "cifar10", profile="paper")
+    assert paper[0].spec.params == {"epochs": 3}  # SGD partner of a LARS victim: its own lr
+    assert paper[1].spec.params == {"epochs": 3, "lr": 1e-3}  # the SimCLR BMP encoder: same optimiser
+    pinned = victim.model_copy(update={"params": {"lr": 0.05, "optimizer": "sgd"}})
+    both = ZePAD.auxiliary_encoders(ZePAD.Params(aux_methods=["mocov2plus"]), pinned, "cifar10", profile="paper")
+    assert [a.spec.params for a in both] == [{"lr": 0.05, "optimizer": "sgd"}] * 2
+
+
+def test_the_tiny_profile_trains_every_method_with_adam_at_1e_3_for_batch_64():
+    from benchmark.encoders.ssl import SSL_METHODS
+
+    for name in SSL_METHODS.names():
+        params = SSL_METHODS.get(name).resolve_params("tiny")
+        assert params.optimizer == "adam", name
+        assert params.lr * params.batch_size / 256 == pytest.approx(1e-3), name
