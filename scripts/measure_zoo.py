@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 from benchmark.encoders.ssl import SSL_METHODS
 from benchmark.encoders.zoo import encoder_grid, pretrain_encoder
 from benchmark.provenance import provenance
@@ -24,13 +26,16 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--amp", action="store_true", help="bf16 autocast + channels_last (as the ci grids)")
     ap.add_argument("--cache-dir", default="results/cache")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe parameter of every method (YAML value), e.g. --set epochs=40")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     speed = {"amp": True, "channels_last": True} if args.amp else {}
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     rows = []
     for method in args.methods or SSL_METHODS.names():
-        grid = encoder_grid(method, args.dataset, "tiny", args.width, 0, speed, device="cpu")
+        grid = encoder_grid(method, args.dataset, "tiny", args.width, 0, {**speed, **overrides}, device="cpu")
         result = pretrain_encoder(grid, args.cache_dir, progress=False)
         m = result.meta
         row = {"method": method, "knn": m["knn_accuracy"], "random_init_knn": m.get("random_init_knn_accuracy"),
@@ -40,6 +45,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         (args.out / "zoo.json").write_text(json.dumps({"dataset": args.dataset, "width": args.width, "speed": speed,
+                                                       "overrides": overrides,
                                                        "provenance": provenance("cpu"), "rows": rows}, indent=1))
     lines = ["| method | kNN acc. | random-init kNN | gain (points) | epochs | minutes |", "|---|---|---|---|---|---|"]
     for r in rows:
