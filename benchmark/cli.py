@@ -39,14 +39,9 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 
         print(pd.DataFrame(rows).to_string(index=False))
         return 0
-    import yaml
+    from benchmark.encoders.zoo import parse_overrides
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DAEBenchError(f"--set expects KEY=VALUE (e.g. --set epochs=5), got {item!r}.")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     width = args.width or (16 if args.profile == "tiny" else 64)
     grid = encoder_grid(args.method, args.dataset, args.profile, width, args.seed, overrides, args.device)
     result = pretrain_encoder(grid, args.cache_dir, progress=True)

@@ -12,10 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
 from benchmark.encoders.ssl import SSL_METHODS
-from benchmark.encoders.zoo import encoder_grid, pretrain_encoder
+from benchmark.encoders.zoo import encoder_grid, parse_overrides, pretrain_encoder
 from benchmark.provenance import provenance
 
 
@@ -32,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     speed = {"amp": True, "channels_last": True} if args.amp else {}
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(args.set)
     rows = []
     for method in args.methods or SSL_METHODS.names():
         grid = encoder_grid(method, args.dataset, "tiny", args.width, 0, {**speed, **overrides}, device="cpu")

@@ -36,7 +36,7 @@ class NNCLR(SSLMethod):
     Params = NNCLRParams
     # 30 epochs: the nearest-neighbour positives are only as good as the queue's
     # features, which start random (15 epochs: +9.7 kNN points over random init on the
-    # CIFAR-10 subset, 30: +14.6; results/measured/2026-11-22-zoo-tiny-epochs)
+    # CIFAR-10 subset, 30: +14.6; results/measured/2026-11-22-zoo-longer-tiny)
     profiles = {"tiny": tiny(pred_hidden_dim=512, queue_size=4096, epochs=30)}
 
     def __init__(self, encoder, params: NNCLRParams) -> None:
