@@ -71,7 +71,7 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
                 return NodeOutcome(node.key, node.stage, node.label, 0.0, computed_elsewhere=True)
             started = time.perf_counter()  # the stage's own time, not time spent waiting for the lock
             inputs = {role: store.load(_stage_of(store, key), key) for role, key in node.inputs.items()}
-            scratch = store.root / "partial" / node.key  # mid-stage checkpoints of long stages live here
+            scratch = store.scratch_path(node.key)
             tensors, meta, batch = _run_stage(node, dataclasses.replace(ctx, scratch=str(scratch)), inputs)
             seconds = time.perf_counter() - started
             store.save(node.stage, node.key, tensors, {

@@ -103,7 +103,10 @@ def local_root(root: str | os.PathLike) -> Path:
         f"(s3fs, gcsfuse, NFS) and pass the mount path, or use a local path / file:// URL.")
 
 
-_BOOKKEEPING = frozenset({".tmp", "locks", "quarantine", "partial"})
+# The store's own folders beside the stage folders; every path into them is built by a
+# method below, so listings (`complete`) and writers agree on what is not an artifact.
+TMP_DIR, LOCKS_DIR, QUARANTINE_DIR, PARTIAL_DIR = ".tmp", "locks", "quarantine", "partial"
+_BOOKKEEPING = frozenset({TMP_DIR, LOCKS_DIR, QUARANTINE_DIR, PARTIAL_DIR})
 
 
 class ArtifactStore:
@@ -119,9 +122,13 @@ class ArtifactStore:
 
     def lock_path(self, key: str) -> Path:
         """The lock file guarding the computation of one artifact."""
-        path = self.root / "locks" / key[:2] / f"{key}.lock"
+        path = self.root / LOCKS_DIR / key[:2] / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def scratch_path(self, key: str) -> Path:
+        """Where a long stage keeps mid-stage checkpoints of one artifact until it lands."""
+        return self.root / PARTIAL_DIR / key
 
     def status(self, stage: str, key: str) -> str:
         """'ok', 'missing', or 'corrupt' (its checksum failed: it was just quarantined)."""
@@ -155,7 +162,7 @@ class ArtifactStore:
         src = self.path(stage, key)
         if not src.exists():
             return None
-        dest = self.root / "quarantine" / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
+        dest = self.root / QUARANTINE_DIR / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(src, dest)
@@ -177,7 +184,7 @@ class ArtifactStore:
     ) -> Path:
         """Write atomically; if another writer got there first, keep theirs."""
         final = self.path(stage, key)
-        tmp_root = self.root / ".tmp"
+        tmp_root = self.root / TMP_DIR
         tmp_root.mkdir(parents=True, exist_ok=True)
         # The writer's host and pid are in the name, so a cleaner on a shared filesystem
         # removes only what a dead process of its own host left.
@@ -207,7 +214,7 @@ class ArtifactStore:
         A writer of this host is stale when its pid is dead. Another host's writer cannot
         be checked from here, so its directory is removed only when older than
         `foreign_after_s` (no artifact write takes hours)."""
-        tmp_root = self.root / ".tmp"
+        tmp_root = self.root / TMP_DIR
         if not tmp_root.is_dir():
             return 0
         removed = 0

@@ -95,8 +95,15 @@ class GenAF(AdversarialFineTuning):
         return self.stage1_loss(head(encoder(x)), head(encoder(x_adv)), y)
 
     def stage1_loss(self, logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ce, gr = self.stage1_terms(logits_clean, logits_adv, y)
+        return ce + self.params.lam * gr
+
+    @staticmethod
+    def stage1_terms(logits_clean: torch.Tensor, logits_adv: torch.Tensor,
+                     y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CE(f(x'), y), GR(f(x), f(x'))) apart, so diagnostics can log each term."""
         clean_ce = F.cross_entropy(logits_clean, y, reduction="none")
-        return F.cross_entropy(logits_adv, y) + self.params.lam * genetic_regularisation(logits_clean, logits_adv, y, clean_ce)
+        return F.cross_entropy(logits_adv, y), genetic_regularisation(logits_clean, logits_adv, y, clean_ce)
 
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         encoder, head, history = self.fine_tune(victim, data)

@@ -16,7 +16,6 @@ import argparse
 import json
 
 import torch
-import torch.nn.functional as F
 
 from benchmark.data import load_dataset
 from benchmark.encoders.backbones import unpack_branches
@@ -24,7 +23,7 @@ from benchmark.heads import HeadParams, head_optimizer, make_head, train_head
 from benchmark.provenance import provenance
 from benchmark.runtime import batches, seed_everything
 from benchmark.store import ArtifactStore
-from defenses.genaf import GenAF, genetic_regularisation
+from defenses.genaf import GenAF
 
 
 def main() -> None:
@@ -81,8 +80,7 @@ def main() -> None:
             x, y = data.x_train[idx].float().div(255), data.y_train[idx]
             x_adv = genaf.ce_adversarial_examples(encoder, head, x, y)
             logits_clean, logits_adv = head(encoder(x)), head(encoder(x_adv))
-            ce = F.cross_entropy(logits_adv, y)
-            gr = genetic_regularisation(logits_clean, logits_adv, y, F.cross_entropy(logits_clean, y, reduction="none"))
+            ce, gr = genaf.stage1_terms(logits_clean, logits_adv, y)
             if args.gr_reduction == "mean":
                 gr = gr / len(y)
             enc_opt.zero_grad(set_to_none=True)
