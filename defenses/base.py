@@ -163,11 +163,13 @@ class AdversarialFineTuning(Defense):
         self, objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         eps: float | None = None, step_size: float | None = None, steps: int | None = None,
         random_start: bool | None = None, start: torch.Tensor | None = None,
+        iterates: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Maximise `objective(x_adv)` (a scalar) in the L-inf ball; returns a detached x_adv.
 
         The start is x (+ uniform noise in the ball when random_start), or `start` when
-        given (TRADES and MART start from x + 0.001 N(0, 1))."""
+        given (TRADES and MART start from x + 0.001 N(0, 1)). `iterates`, if given,
+        receives each point the gradient was taken at (the start first)."""
         p = self.params
         eps = p.eps if eps is None else eps
         step_size = p.step_size if step_size is None else step_size
@@ -179,6 +181,8 @@ class AdversarialFineTuning(Defense):
             x_adv = x.detach() + (torch.empty_like(x).uniform_(-eps, eps) if random else 0)
         x_adv = x_adv.clamp(0, 1)
         for _ in range(steps):
+            if iterates is not None:
+                iterates.append(x_adv.detach())
             x_adv.requires_grad_(True)
             (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
             with torch.no_grad():
@@ -186,12 +190,13 @@ class AdversarialFineTuning(Defense):
         return x_adv.detach()
 
     def ce_adversarial_examples(self, encoder: Encoder, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                                start: torch.Tensor | None = None) -> torch.Tensor:
+                                start: torch.Tensor | None = None,
+                                iterates: list[torch.Tensor] | None = None) -> torch.Tensor:
         """PGD on the head's cross-entropy with BatchNorm in eval mode (the attack must not
         update running statistics); leaves encoder and head in train mode for the step."""
         encoder.eval()
         head.eval()
-        x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=start)
+        x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=start, iterates=iterates)
         encoder.train()
         head.train()
         return x_adv

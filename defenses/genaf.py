@@ -72,6 +72,10 @@ class GenAFParams(AdversarialFineTuningParams):
     steps: int = Field(10, ge=0)
     random_start: bool = False
     lam: float = Field(20.0, ge=0, description="weight of the genetic-regularisation loss (lambda)")
+    released_attack_gradients: bool = Field(
+        False, description="also step on the parameter gradients the released stage-1 loop leaks from its PGD: "
+                           "it zeroes them before the attack, whose loss.backward() then adds CE(f(x_k), y) at "
+                           "every PGD iterate x_k (BatchNorm in eval mode) to the update")
     stage2: bool = Field(True, description="run the bilevel stage (layer sensitivity + partial fine-tuning)")
     probe_samples: int = Field(512, ge=1, description="PGD adversarial probe set size for the sensitivity scores")
     probe_epochs: int = Field(10, ge=1)
@@ -91,19 +95,28 @@ class GenAF(AdversarialFineTuning):
                          "stage2_epochs": 2}}
 
     def loss(self, encoder, head, x, y):
-        x_adv = self.ce_adversarial_examples(encoder, head, x, y)
-        return self.stage1_loss(head(encoder(x)), head(encoder(x_adv)), y)
+        terms = self.stage1_terms(encoder, head, x, y)
+        return terms["ce"] + self.params.lam * terms["gr"] + terms.get("attack_leak", 0.0)
 
-    def stage1_loss(self, logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ce, gr = self.stage1_terms(logits_clean, logits_adv, y)
-        return ce + self.params.lam * gr
-
-    @staticmethod
-    def stage1_terms(logits_clean: torch.Tensor, logits_adv: torch.Tensor,
-                     y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(CE(f(x'), y), GR(f(x), f(x'))) apart, so diagnostics can log each term."""
+    def stage1_terms(self, encoder: Encoder, head: nn.Module, x: torch.Tensor,
+                     y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The stage-1 objective's terms apart (so diagnostics can log each): `ce` =
+        CE(f(x'), y), `gr` = GR(f(x), f(x')), and with `released_attack_gradients` the
+        sum of CE(f(x_k), y) over the PGD iterates, `attack_leak`."""
+        iterates: list[torch.Tensor] | None = [] if self.params.released_attack_gradients else None
+        x_adv = self.ce_adversarial_examples(encoder, head, x, y, iterates=iterates)
+        terms = {}
+        if iterates:
+            encoder.eval()  # the released loop takes these gradients inside its attack, in eval mode
+            head.eval()
+            terms["attack_leak"] = sum(F.cross_entropy(head(encoder(x_k)), y) for x_k in iterates)
+            encoder.train()
+            head.train()
+        logits_clean, logits_adv = head(encoder(x)), head(encoder(x_adv))
         clean_ce = F.cross_entropy(logits_clean, y, reduction="none")
-        return F.cross_entropy(logits_adv, y), genetic_regularisation(logits_clean, logits_adv, y, clean_ce)
+        terms["ce"] = F.cross_entropy(logits_adv, y)
+        terms["gr"] = genetic_regularisation(logits_clean, logits_adv, y, clean_ce)
+        return terms
 
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         encoder, head, history = self.fine_tune(victim, data)

@@ -78,14 +78,13 @@ def main() -> None:
     while step < args.steps:
         for idx in batches(len(data.x_train), p.batch_size, generator):
             x, y = data.x_train[idx].float().div(255), data.y_train[idx]
-            x_adv = genaf.ce_adversarial_examples(encoder, head, x, y)
-            logits_clean, logits_adv = head(encoder(x)), head(encoder(x_adv))
-            ce, gr = genaf.stage1_terms(logits_clean, logits_adv, y)
+            terms = genaf.stage1_terms(encoder, head, x, y)
+            ce, gr, leak = terms["ce"], terms["gr"], terms.get("attack_leak", 0.0)
             if args.gr_reduction == "mean":
                 gr = gr / len(y)
             enc_opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
-            (ce + p.lam * gr).backward()
+            (ce + p.lam * gr + leak).backward()
             grad = float(sum(q.grad.norm() ** 2 for q in encoder.parameters() if q.grad is not None) ** 0.5)
             enc_opt.step()
             head_opt.step()

@@ -134,3 +134,32 @@ def test_genaf_runs_both_stages_and_touches_only_the_chosen_layers_in_stage_two(
                for name in info["stage2_layers"])  # the least sensitive layers were chosen
     assert 0.0 <= info["stage2_best_clean_accuracy"] <= 1.0
     assert torch.isfinite(model.branches[0](data.x_test.float() / 255)).all()
+
+
+def test_genaf_released_attack_gradients_add_the_ce_at_every_pgd_iterate():
+    """The released stage-1 loop leaks its attack's parameter gradients into the update;
+    the option reproduces that as an explicit term, and it is off by default."""
+    import torch.nn.functional as F
+
+    from benchmark.encoders import build_encoder
+    from benchmark.heads import make_head
+    from defenses.genaf import GenAF
+
+    torch.manual_seed(0)
+    encoder, head = build_encoder("resnet18", width=8), make_head(64, 10)
+    x, y = torch.rand(16, 3, 16, 16), torch.arange(16) % 10
+    plain = GenAF(GenAF.resolve_params("tiny", {"steps": 3}))
+    leaky = GenAF(GenAF.resolve_params("tiny", {"steps": 3, "released_attack_gradients": True}))
+    assert "attack_leak" not in plain.stage1_terms(encoder, head, x, y)
+
+    iterates: list[torch.Tensor] = []
+    leaky.ce_adversarial_examples(encoder, head, x, y, iterates=iterates)
+    assert len(iterates) == 3 and torch.equal(iterates[0], x)  # no random start: the first point is x
+    assert all((x_k - x).abs().max() <= leaky.params.eps + 1e-6 for x_k in iterates)
+    encoder.eval()
+    head.eval()
+    expected = sum(float(F.cross_entropy(head(encoder(x_k)), y)) for x_k in iterates)
+    terms = leaky.stage1_terms(encoder, head, x, y)
+    assert float(terms["attack_leak"]) == pytest.approx(expected, rel=1e-5)
+    assert terms["attack_leak"].requires_grad  # it reaches the parameters
+    assert encoder.training and head.training  # left in train mode for the step
