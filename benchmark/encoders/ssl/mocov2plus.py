@@ -33,7 +33,9 @@ class MoCoV2PlusParams(SSLParams):
 @register_ssl_method("mocov2plus")
 class MoCoV2Plus(SSLMethod):
     Params = MoCoV2PlusParams
-    profiles = {"tiny": tiny(queue_size=4096, base_tau=0.98)}
+    # 80 epochs (15: +5.0 kNN points over random init on the CIFAR-10 subset, 40: +8.7,
+    # 80: +12.2; results/measured/2026-11-22-zoo-longer-tiny)
+    profiles = {"tiny": tiny(queue_size=4096, base_tau=0.98, epochs=80)}
 
     def __init__(self, encoder, params: MoCoV2PlusParams) -> None:
         super().__init__(encoder, params)
