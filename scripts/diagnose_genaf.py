@@ -19,6 +19,7 @@ import torch
 
 from benchmark.data import load_dataset
 from benchmark.encoders.backbones import unpack_branches
+from benchmark.encoders.zoo import parse_overrides
 from benchmark.heads import HeadParams, head_optimizer, make_head, train_head
 from benchmark.provenance import provenance
 from benchmark.runtime import batches, seed_everything
@@ -35,10 +36,10 @@ def main() -> None:
     ap.add_argument("--head-lr", type=float, default=5e-3)
     ap.add_argument("--gr-reduction", choices=["sum", "mean"], default="sum")
     ap.add_argument("--warm-head", action="store_true", help="start from a head trained on the frozen clean features")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="GenAF parameter (JSON value)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="GenAF parameter (YAML value)")
     args = ap.parse_args()
 
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_overrides(args.set)
     genaf = GenAF(GenAF.resolve_params("paper", {"head_lr": args.head_lr, **overrides}), seed=0)
     p = genaf.params
     print(json.dumps({"args": vars(args), "genaf": p.model_dump(), "provenance": provenance("cpu")}))
