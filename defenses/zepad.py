@@ -3,7 +3,9 @@
 Branches (one downstream head each, trained on clean D_d with the encoder frozen):
 - MPAE: the victim and `aux_methods` auxiliary public encoders of other SSL methods
   (default BYOL; NNCLR when the victim is BYOL), each adversarially fine-tuned on D_f
-  with Gen-AF's stage-1 loss (CE on PGD examples + lambda * GR, lambda = 20);
+  with Gen-AF's stage-1 loss (CE on PGD examples + lambda * GR, lambda = 20; by
+  default with the released loop's leaked attack gradients, as ZePAD's own
+  `adversarial_fine-tuning.py` trains: see `defenses/genaf.py`);
 - BMP: an encoder the defender pre-trains itself with SimCLR on its own clean D_f
   (never released, so never a white-box surrogate).
 
