@@ -39,7 +39,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 
         print(pd.DataFrame(rows).to_string(index=False))
         return 0
-    from benchmark.encoders.zoo import parse_overrides
+    from benchmark.config import parse_overrides
 
     overrides = parse_overrides(args.set)
     width = args.width or (16 if args.profile == "tiny" else 64)

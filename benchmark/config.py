@@ -38,6 +38,18 @@ def parse_fraction(value: Any) -> float:
     return float(value)
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` command-line items as parameter overrides, each value read as YAML
+    (so `epochs=5` is an int and `amp=true` a bool, as they would be in a grid file)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DAEBenchError(f"--set expects KEY=VALUE (e.g. --set epochs=5), got {item!r}.")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -19,7 +19,7 @@ import torch
 
 from benchmark.data import load_dataset
 from benchmark.encoders.backbones import unpack_branches
-from benchmark.encoders.zoo import parse_overrides
+from benchmark.config import parse_overrides
 from benchmark.heads import HeadParams, head_optimizer, make_head, train_head
 from benchmark.provenance import provenance
 from benchmark.runtime import batches, seed_everything

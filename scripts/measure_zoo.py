@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from benchmark.encoders.ssl import SSL_METHODS
-from benchmark.encoders.zoo import encoder_grid, parse_overrides, pretrain_encoder
+from benchmark.config import parse_overrides
+from benchmark.encoders.zoo import encoder_grid, pretrain_encoder
 from benchmark.provenance import provenance
 
 

@@ -22,21 +22,6 @@ class PretrainResult:
     meta: dict[str, Any]
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`--set KEY=VALUE` items as recipe overrides, each value read as YAML."""
-    import yaml
-
-    from benchmark.errors import DAEBenchError
-
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DAEBenchError(f"--set expects KEY=VALUE (e.g. --set epochs=5), got {item!r}.")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
 def encoder_grid(method: str, dataset: str, profile: str = "tiny", width: int = 64, seed: int = 0,
                  params: dict[str, Any] | None = None, device: str = "auto", image_size: int = 32):
     """A minimal grid holding one encoder; `dataset` is a registry name or a source such as npz:path."""
