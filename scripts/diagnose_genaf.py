@@ -17,9 +17,9 @@ import json
 
 import torch
 
+from benchmark.config import parse_overrides
 from benchmark.data import load_dataset
 from benchmark.encoders.backbones import unpack_branches
-from benchmark.config import parse_overrides
 from benchmark.heads import HeadParams, head_optimizer, make_head, train_head
 from benchmark.provenance import provenance
 from benchmark.runtime import batches, seed_everything

@@ -12,8 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmark.encoders.ssl import SSL_METHODS
 from benchmark.config import parse_overrides
+from benchmark.encoders.ssl import SSL_METHODS
 from benchmark.encoders.zoo import encoder_grid, pretrain_encoder
 from benchmark.provenance import provenance
 
