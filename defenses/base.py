@@ -14,7 +14,12 @@ the loop (encoder Adam lr 1e-4 + head Adam lr 5e-3, wd 8e-4, x0.96 per epoch, as
 Gen-AF does so comparisons are fair), the seeding and the PGD; a subclass writes
 `loss`. Normalisation stays inside the encoder, and the PGD takes gradients with
 respect to the input only (`torch.autograd.grad`), so no attack gradient leaks
-into the parameter update -- two bugs of the reference loops.
+into the parameter update -- two bugs of the reference loops (Gen-AF / ZePAD
+reproduce the leak on request, as their released objective: `pgd(leak_into=...)`).
+
+`amp` / `channels_last` (off by default; the quick grid turns them on, as it does
+for its encoders) run the encoder's forwards under bf16 autocast with channels-last
+memory, about 2x faster on CPU; heads and losses stay in float32 (`fast_encoder`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,30 @@ DEFENSES: Registry = Registry(
     builtin_package="defenses",  # every module in defenses/ is a plugin file
 )
 register_defense = DEFENSES.register
+
+
+class SpeedSwitches(Params):
+    """How the encoder's forwards run while defending; in the artifact key (bf16 changes the numbers)."""
+
+    amp: bool = Field(False, description="bf16 autocast for the encoder's forwards (CPU and CUDA); heads and losses in float32")
+    channels_last: bool = Field(False, description="channels-last memory format for the encoder while defending")
+
+
+class FastEncoder(nn.Module):
+    """The encoder under bf16 autocast and/or channels-last input, returning float32
+    features, so every loss (GR, KL, cosines, CE) is computed in float32 whatever the
+    switches. It shares its parameters with the wrapped encoder: optimisers built on
+    either train the same weights."""
+
+    def __init__(self, encoder: nn.Module, amp: bool, channels_last: bool) -> None:
+        super().__init__()
+        self.encoder, self.amp, self.channels_last = encoder, amp, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.encoder(x).float()
 
 
 class EpochCheckpoint:
@@ -106,6 +135,22 @@ class Defense(Configurable):
     def checkpoint(self, name: str) -> "EpochCheckpoint":
         return EpochCheckpoint(self.checkpoint_dir / f"{name}.pt" if self.checkpoint_dir else None)
 
+    def fast_encoder(self, encoder: Encoder) -> nn.Module:
+        """`encoder` as the params' speed switches (`SpeedSwitches`) ask to run it: itself
+        when both are off; else converted in place to channels-last memory (if asked) and
+        wrapped in a `FastEncoder`. `plain_encoder` undoes the memory format."""
+        amp, channels_last = getattr(self.params, "amp", False), getattr(self.params, "channels_last", False)
+        if not (amp or channels_last):
+            return encoder
+        if channels_last:
+            encoder.to(memory_format=torch.channels_last)
+        return FastEncoder(encoder, amp, channels_last)
+
+    @staticmethod
+    def plain_encoder(encoder: Encoder) -> Encoder:
+        """Back to the default (contiguous) memory format, as the artifact stores it."""
+        return encoder.to(memory_format=torch.contiguous_format)
+
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         raise NotImplementedError
 
@@ -137,7 +182,7 @@ class Defense(Configurable):
         return logits[0]
 
 
-class AdversarialFineTuningParams(Params):
+class AdversarialFineTuningParams(SpeedSwitches):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=1)
     encoder_lr: float = Field(1e-4, gt=0)
@@ -163,13 +208,20 @@ class AdversarialFineTuning(Defense):
         self, objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         eps: float | None = None, step_size: float | None = None, steps: int | None = None,
         random_start: bool | None = None, start: torch.Tensor | None = None,
-        iterates: list[torch.Tensor] | None = None,
+        iterates: list[torch.Tensor] | None = None, leak_into: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Maximise `objective(x_adv)` (a scalar) in the L-inf ball; returns a detached x_adv.
 
         The start is x (+ uniform noise in the ball when random_start), or `start` when
         given (TRADES and MART start from x + 0.001 N(0, 1)). `iterates`, if given,
-        receives each point the gradient was taken at (the start first)."""
+        receives each point the gradient was taken at (the start first).
+
+        `leak_into` reproduces, on request, the released Gen-AF / ZePAD loops' attack
+        (`loss.backward()` inside the PGD after the optimisers were zeroed): each step's
+        objective is also back-propagated into these parameters' `.grad`, in the same
+        backward pass as the input gradient, and the sum of the objectives is kept in
+        `self.leaked_objective`. The training loop zeroes gradients before `loss`, so
+        the leak lands in that step's update; otherwise no gradient reaches a parameter."""
         p = self.params
         eps = p.eps if eps is None else eps
         step_size = p.step_size if step_size is None else step_size
@@ -180,23 +232,34 @@ class AdversarialFineTuning(Defense):
         else:
             x_adv = x.detach() + (torch.empty_like(x).uniform_(-eps, eps) if random else 0)
         x_adv = x_adv.clamp(0, 1)
+        leak_into = [t for t in (leak_into or []) if t.requires_grad]
+        self.leaked_objective = torch.zeros(())
         for _ in range(steps):
             if iterates is not None:
                 iterates.append(x_adv.detach())
             x_adv.requires_grad_(True)
-            (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
+            value = objective(x_adv)
+            grad, *leaked = torch.autograd.grad(value, [x_adv, *leak_into], allow_unused=True)
+            for param, g in zip(leak_into, leaked):
+                if g is not None:
+                    param.grad = g if param.grad is None else param.grad + g
+            if leak_into:
+                self.leaked_objective = self.leaked_objective + value.detach().float().cpu()
             with torch.no_grad():
                 x_adv = torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
         return x_adv.detach()
 
     def ce_adversarial_examples(self, encoder: Encoder, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                                start: torch.Tensor | None = None,
-                                iterates: list[torch.Tensor] | None = None) -> torch.Tensor:
+                                start: torch.Tensor | None = None, iterates: list[torch.Tensor] | None = None,
+                                leak: bool = False) -> torch.Tensor:
         """PGD on the head's cross-entropy with BatchNorm in eval mode (the attack must not
-        update running statistics); leaves encoder and head in train mode for the step."""
+        update running statistics); leaves encoder and head in train mode for the step.
+        `leak`: the released Gen-AF loop's bug, on purpose (see `pgd`'s `leak_into`)."""
         encoder.eval()
         head.eval()
-        x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=start, iterates=iterates)
+        leak_into = [*encoder.parameters(), *head.parameters()] if leak else None
+        x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=start, iterates=iterates,
+                         leak_into=leak_into)
         encoder.train()
         head.train()
         return x_adv
@@ -212,6 +275,7 @@ class AdversarialFineTuning(Defense):
         p = self.params
         generator = seed_everything(self.seed)
         encoder = _clone(victim).to(self.device)
+        fast = self.fast_encoder(encoder)
         head = make_head(encoder.feature_dim, data.num_classes).to(self.device)
         enc_opt = torch.optim.Adam(encoder.parameters(), lr=p.encoder_lr, weight_decay=p.weight_decay)
         enc_sched = torch.optim.lr_scheduler.ExponentialLR(enc_opt, gamma=p.lr_decay)
@@ -239,9 +303,11 @@ class AdversarialFineTuning(Defense):
                 y = y_all[idx].to(self.device)
                 encoder.train()
                 head.train()
-                loss = self.loss(encoder, head, x, y)
+                # zeroed before `loss`: an attack that leaks on purpose (`pgd(leak_into=...)`)
+                # adds its gradients to this step, as the released Gen-AF loop does
                 enc_opt.zero_grad(set_to_none=True)
                 head_opt.zero_grad(set_to_none=True)
+                loss = self.loss(fast, head, x, y)
                 loss.backward()
                 enc_opt.step()
                 head_opt.step()
@@ -253,7 +319,7 @@ class AdversarialFineTuning(Defense):
             checkpoint.save({**{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch,
                              "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
-        return encoder, head, history
+        return self.plain_encoder(encoder), head, history
 
 
 def _clone(encoder: Encoder) -> Encoder:

@@ -25,10 +25,10 @@ from benchmark.encoders.backbones import Encoder
 from benchmark.encoders.ssl.base import _lr_factor
 from benchmark.plugins import Params
 from benchmark.runtime import batches, seed_everything
-from defenses.base import DefendedModel, Defense, register_defense
+from defenses.base import DefendedModel, Defense, SpeedSwitches, register_defense
 
 
-class DeACLParams(Params):
+class DeACLParams(SpeedSwitches):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(0.5, gt=0)
@@ -67,6 +67,7 @@ class DeACL(Defense):
         generator = seed_everything(self.seed)
         teacher = copy.deepcopy(victim).to(self.device).eval().requires_grad_(False)
         student = copy.deepcopy(victim).to(self.device).requires_grad_(True)
+        fast_student, fast_teacher = self.fast_encoder(student), self.fast_encoder(teacher)
         optimizer = torch.optim.SGD(student.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
         images = data.x_train[: p.max_samples] if p.max_samples else data.x_train
         per_epoch = -(-len(images) // p.batch_size)
@@ -87,7 +88,7 @@ class DeACL(Defense):
                 for group in optimizer.param_groups:
                     group["lr"] = p.lr * _lr_factor(step, total, p.warmup_epochs * per_epoch)
                 x = random_crop_flip(images[idx].float().div(255), p.crop_padding, generator).to(self.device)
-                loss = self.loss(student, teacher, x)
+                loss = self.loss(fast_student, fast_teacher, x)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -98,7 +99,7 @@ class DeACL(Defense):
             checkpoint.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                              "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
-        return DefendedModel([student.eval()], {"train_loss": history})
+        return DefendedModel([self.plain_encoder(student).eval()], {"train_loss": history})
 
     def loss(self, student: Encoder, teacher: Encoder, x: torch.Tensor) -> torch.Tensor:
         p = self.params

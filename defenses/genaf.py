@@ -107,20 +107,18 @@ class GenAF(AdversarialFineTuning):
         terms = self.stage1_terms(encoder, head, x, y)
         return terms["ce"] + self.params.lam * terms["gr"] + terms.get("attack_leak", 0.0)
 
-    def stage1_terms(self, encoder: Encoder, head: nn.Module, x: torch.Tensor,
+    def stage1_terms(self, encoder: nn.Module, head: nn.Module, x: torch.Tensor,
                      y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage-1 objective's terms apart (so diagnostics can log each): `ce` =
-        CE(f(x'), y), `gr` = GR(f(x), f(x')), and with `released_attack_gradients` the
-        sum of CE(f(x_k), y) over the PGD iterates, `attack_leak`."""
-        iterates: list[torch.Tensor] | None = [] if self.params.released_attack_gradients else None
-        x_adv = self.ce_adversarial_examples(encoder, head, x, y, iterates=iterates)
-        terms = {}
-        if iterates:
-            encoder.eval()  # the released loop takes these gradients inside its attack, in eval mode
-            head.eval()
-            terms["attack_leak"] = sum(F.cross_entropy(head(encoder(x_k)), y) for x_k in iterates)
-            encoder.train()
-            head.train()
+        CE(f(x'), y), `gr` = GR(f(x), f(x')), and with `released_attack_gradients`
+        `attack_leak`, the value of sum_k CE(f(x_k), y) over the PGD iterates (eval-mode
+        BatchNorm). Its gradient is already in the parameters' `.grad`: the PGD
+        back-propagates each iterate's CE into them as it goes, as the released loop
+        does, in the backward pass it needs anyway (`pgd(leak_into=...)`); the term
+        itself carries no gradient, it only makes the logged loss the trained one."""
+        leak = self.params.released_attack_gradients
+        x_adv = self.ce_adversarial_examples(encoder, head, x, y, leak=leak)
+        terms = {"attack_leak": self.leaked_objective.to(x.device)} if leak else {}
         logits_clean, logits_adv = head(encoder(x)), head(encoder(x_adv))
         clean_ce = F.cross_entropy(logits_clean, y, reduction="none")
         terms["ce"] = F.cross_entropy(logits_adv, y)
@@ -137,7 +135,7 @@ class GenAF(AdversarialFineTuning):
     # -- stage 2 -------------------------------------------------------------------------------
     def stage2(self, encoder: Encoder, head: nn.Module, data: ImageData) -> dict:
         p = self.params
-        model = nn.Sequential(encoder, head).to(self.device).eval()
+        model = nn.Sequential(self.fast_encoder(encoder), head).to(self.device).eval()
         x_probe = data.x_train[: p.probe_samples].float().div(255).to(self.device)
         y_probe = data.y_train[: p.probe_samples].to(self.device)
         x_adv = torch.cat([self.pgd(lambda z, yb=y_probe[i]: F.cross_entropy(model(z), yb), x_probe[i])
@@ -148,6 +146,7 @@ class GenAF(AdversarialFineTuning):
         k = max(1, math.ceil(p.unfreeze_fraction * len(layers)))
         chosen = sorted(scores, key=scores.get)[:k]
         best_acc = self._finetune_layers(model, dict(layers), chosen, data)
+        self.plain_encoder(encoder)
         return {"stage2_sensitivity": scores, "stage2_layers": chosen, "stage2_best_clean_accuracy": best_acc}
 
     def _sensitivity(self, model: nn.Module, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

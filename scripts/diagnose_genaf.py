@@ -79,13 +79,13 @@ def main() -> None:
     while step < args.steps:
         for idx in batches(len(data.x_train), p.batch_size, generator):
             x, y = data.x_train[idx].float().div(255), data.y_train[idx]
+            enc_opt.zero_grad(set_to_none=True)  # before the terms: the released PGD leaks into .grad
+            head_opt.zero_grad(set_to_none=True)
             terms = genaf.stage1_terms(encoder, head, x, y)
-            ce, gr, leak = terms["ce"], terms["gr"], terms.get("attack_leak", 0.0)
+            ce, gr = terms["ce"], terms["gr"]
             if args.gr_reduction == "mean":
                 gr = gr / len(y)
-            enc_opt.zero_grad(set_to_none=True)
-            head_opt.zero_grad(set_to_none=True)
-            (ce + p.lam * gr + leak).backward()
+            (ce + p.lam * gr).backward()
             grad = float(sum(q.grad.norm() ** 2 for q in encoder.parameters() if q.grad is not None) ** 0.5)
             enc_opt.step()
             head_opt.step()

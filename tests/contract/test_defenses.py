@@ -17,12 +17,12 @@ def data():
     return ImageData("digits-small", d.x_train[:128], d.y_train[:128], d.x_test[:64], d.y_test[:64], d.num_classes)
 
 
-def _defend(name, data, seed=0):
+def _defend(name, data, seed=0, **overrides):
     torch.manual_seed(0)
     victim = build_encoder("resnet18", width=8)
     cls = DEFENSES.get(name)
-    params = cls.resolve_params(cls.profile_for(None, "tiny"), {"epochs": 1, "steps": 1, "batch_size": 64}
-                                if "epochs" in cls.Params.model_fields else {})
+    params = cls.resolve_params(cls.profile_for(None, "tiny"), ({"epochs": 1, "steps": 1, "batch_size": 64}
+                                if "epochs" in cls.Params.model_fields else {}) | overrides)
     defense = cls(params, seed=seed)
     # extra encoders (ZePAD's partners and BMP encoder): fresh narrow ones stand in for pre-trained ones
     spec = EncoderSpec(method="simclr", dataset="digits", width=8)
@@ -50,6 +50,31 @@ def test_victim_is_not_modified(name, data):
     fresh = build_encoder("resnet18", width=8)
     for (k, v), (_, w) in zip(victim.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(v, w), k
+
+
+FAST = [n for n in DEFENSES.names() if "amp" in DEFENSES.get(n).Params.model_fields]
+
+
+def test_every_trained_defense_has_the_speed_switches():
+    assert set(FAST) >= {"pgd_at", "trades", "mart", "deacl", "genaf", "zepad"}
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_bf16_channels_last_defending_is_deterministic_and_stores_plain_weights(name, data):
+    """The quick grid's speed switches: bf16 autocast really runs (the weights differ from
+    the float32 run's), a seed still fixes the result, and the defended weights come back
+    in the default memory format with float32 dtype, as the artifact stores them."""
+    victim, a = _defend(name, data, seed=1, amp=True, channels_last=True)
+    _, b = _defend(name, data, seed=1, amp=True, channels_last=True)
+    _, plain = _defend(name, data, seed=1)
+    x = data.x_test.float() / 255
+    with torch.no_grad():
+        fa, fb, fp = (m.branches[0].eval()(x) for m in (a, b, plain))
+    assert torch.isfinite(fa).all() and torch.equal(fa, fb)
+    assert not torch.equal(fa, fp)
+    for encoder in (*a.branches, victim):  # nor is the victim converted in place
+        for k, v in encoder.state_dict().items():
+            assert v.is_contiguous() and (v.dtype == torch.float32 or not v.is_floating_point()), k
 
 
 def test_pgd_at_changes_the_encoder(data):

@@ -138,29 +138,63 @@ def test_genaf_runs_both_stages_and_touches_only_the_chosen_layers_in_stage_two(
 
 def test_genaf_released_attack_gradients_add_the_ce_at_every_pgd_iterate():
     """The released stage-1 loop leaks its attack's parameter gradients into the update;
-    the default reproduces that as an explicit term, and `false` is the paper's objective."""
+    the default reproduces that (in the PGD's own backward passes), and `false` is the
+    paper's objective. Checked against the objective written out by hand."""
+    import copy
+
     import torch.nn.functional as F
 
     from benchmark.encoders import build_encoder
     from benchmark.heads import make_head
-    from defenses.genaf import GenAF
+    from defenses.genaf import GenAF, genetic_regularisation
 
     torch.manual_seed(0)
-    encoder, head = build_encoder("resnet18", width=8), make_head(64, 10)
-    x, y = torch.rand(16, 3, 16, 16), torch.arange(16) % 10
+    # float64, so the comparison with the hand-written objective is exact up to rounding
+    encoder, head = build_encoder("resnet18", width=8).double(), make_head(64, 10).double()
+    x, y = torch.rand(16, 3, 16, 16, dtype=torch.float64), torch.arange(16) % 10
     plain = GenAF(GenAF.resolve_params("tiny", {"steps": 3, "released_attack_gradients": False}))
     leaky = GenAF(GenAF.resolve_params("tiny", {"steps": 3}))
     assert leaky.params.released_attack_gradients  # the released code's objective is the default
-    assert "attack_leak" not in plain.stage1_terms(encoder, head, x, y)
 
+    def gradients(defense, encoder, head):
+        params = [*encoder.parameters(), *head.parameters()]
+        for param in params:
+            param.grad = None
+        encoder.train(), head.train()
+        torch.manual_seed(1)  # the head's dropout
+        terms = defense.stage1_terms(encoder, head, x, y)
+        (terms["ce"] + defense.params.lam * terms["gr"] + terms.get("attack_leak", 0.0)).backward()
+        assert encoder.training and head.training  # left in train mode for the step
+        return terms, [param.grad.clone() for param in params]
+
+    leaky_terms, leaky_grads = gradients(leaky, copy.deepcopy(encoder), copy.deepcopy(head))
+    plain_terms, plain_grads = gradients(plain, copy.deepcopy(encoder), copy.deepcopy(head))
+    assert "attack_leak" not in plain_terms
+
+    # by hand: PGD iterates (eval-mode BatchNorm, no random start), their summed CE, then the step's terms
+    encoder, head = copy.deepcopy(encoder), copy.deepcopy(head)
     iterates: list[torch.Tensor] = []
-    leaky.ce_adversarial_examples(encoder, head, x, y, iterates=iterates)
+    torch.manual_seed(1)
+    x_adv = leaky.ce_adversarial_examples(encoder, head, x, y, iterates=iterates)
     assert len(iterates) == 3 and torch.equal(iterates[0], x)  # no random start: the first point is x
     assert all((x_k - x).abs().max() <= leaky.params.eps + 1e-6 for x_k in iterates)
-    encoder.eval()
-    head.eval()
-    expected = sum(float(F.cross_entropy(head(encoder(x_k)), y)) for x_k in iterates)
-    terms = leaky.stage1_terms(encoder, head, x, y)
-    assert float(terms["attack_leak"]) == pytest.approx(expected, rel=1e-5)
-    assert terms["attack_leak"].requires_grad  # it reaches the parameters
-    assert encoder.training and head.training  # left in train mode for the step
+    params = [*encoder.parameters(), *head.parameters()]
+    encoder.eval(), head.eval()
+    leak = sum(F.cross_entropy(head(encoder(x_k)), y) for x_k in iterates)
+    # differentiated now: the train-mode forwards below update the BatchNorm running
+    # statistics in place, which an eval-mode graph kept for later would then read
+    leak_grads = torch.autograd.grad(leak, params)
+    encoder.train(), head.train()
+    logits_clean, logits_adv = head(encoder(x)), head(encoder(x_adv))
+    gr = genetic_regularisation(logits_clean, logits_adv, y, F.cross_entropy(logits_clean, y, reduction="none"))
+    written = F.cross_entropy(logits_adv, y) + leaky.params.lam * gr
+    assert float(leaky_terms["attack_leak"]) == pytest.approx(float(leak.detach()), rel=1e-5)
+    assert float(leaky_terms["ce"].detach()) == pytest.approx(float(F.cross_entropy(logits_adv, y).detach()), rel=1e-5)
+    expected_plain = torch.autograd.grad(written, params)
+    expected_leaky = [g + g_leak for g, g_leak in zip(expected_plain, leak_grads)]
+    for grads, expected in ((plain_grads, expected_plain), (leaky_grads, expected_leaky)):
+        for got, want in zip(grads, expected):
+            assert (got - want).norm() <= 1e-9 * want.norm() + 1e-12
+    leak_part = torch.cat([(a - b).flatten() for a, b in zip(leaky_grads, plain_grads)])
+    torch.testing.assert_close(leak_part, torch.cat([g.flatten() for g in leak_grads]))
+    assert leak_part.norm() > 0.1  # the leak moves the update (its norm here: about 0.4)
