@@ -100,6 +100,9 @@ class GenAF(AdversarialFineTuning):
     """Gen-AF: adversarial fine-tuning with genetic regularisation, then fine-tuning of the least sensitive layers."""
 
     Params = GenAFParams
+    # 2: the released objective's leak back-propagated inside the PGD (1 differentiated it after the
+    # train-mode forwards had updated BatchNorm's running statistics, a slightly different gradient)
+    version = 2
     profiles = {"tiny": {"epochs": 2, "steps": 3, "step_size": 0.014, "probe_samples": 128, "probe_epochs": 2,
                          "stage2_epochs": 2}}
 

@@ -93,6 +93,7 @@ class ZePAD(Defense):
     """ZePAD: adversarially fine-tuned multi-encoder branch + benign branch, fused by confidence (RFDM)."""
 
     Params = ZePADParams
+    version = 2  # 2: Gen-AF's stage 1 at its version 2 (the leak inside the PGD)
     profiles = {"tiny": {"epochs": 2, "steps": 3, "step_size": 0.014,
                          "generator_params": {"widths": (64, 32, 16, 8), "epochs": 2}}}
 
