@@ -31,7 +31,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -50,10 +50,20 @@ register_defense = DEFENSES.register
 
 
 class SpeedSwitches(Params):
-    """How the encoder's forwards run while defending; in the artifact key (bf16 changes the numbers)."""
+    """How the encoder's forwards run while defending; in the artifact key when on (bf16
+    changes the numbers). Off, they are left out of the dump, so a defense's key is the
+    one it had before the switches existed and float32 artifacts already cached stay valid."""
 
     amp: bool = Field(False, description="bf16 autocast for the encoder's forwards (CPU and CUDA); heads and losses in float32")
     channels_last: bool = Field(False, description="channels-last memory format for the encoder while defending")
+
+    @model_serializer(mode="wrap")
+    def _drop_switches_that_are_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in ("amp", "channels_last"):
+            if data.get(name) is False:
+                del data[name]
+        return data
 
 
 class FastEncoder(nn.Module):

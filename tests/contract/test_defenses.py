@@ -60,6 +60,17 @@ def test_every_trained_defense_has_the_speed_switches():
 
 
 @pytest.mark.parametrize("name", FAST)
+def test_speed_switches_enter_the_artifact_key_only_when_on(name):
+    """Off (the default), the dump that keys a defense's artifact is the one from before the
+    switches existed, so cached float32 artifacts stay valid; on, it records them."""
+    cls = DEFENSES.get(name)
+    assert not {"amp", "channels_last"} & set(cls.Params().model_dump())
+    assert cls.Params(amp=True).model_dump()["amp"] is True
+    assert cls.Params(channels_last=True).model_dump()["channels_last"] is True
+    assert cls.Params(**cls.Params(amp=True).model_dump()).amp  # the dump round-trips
+
+
+@pytest.mark.parametrize("name", FAST)
 def test_bf16_channels_last_defending_is_deterministic_and_stores_plain_weights(name, data):
     """The quick grid's speed switches: bf16 autocast really runs (the weights differ from
     the float32 run's), a seed still fixes the result, and the defended weights come back
