@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from benchmark.data import ImageData
 from benchmark.encoders.backbones import Encoder
 from benchmark.encoders.ssl.base import _lr_factor
-from benchmark.plugins import Params
 from benchmark.runtime import batches, seed_everything
 from defenses.base import DefendedModel, Defense, SpeedSwitches, register_defense
 
@@ -101,7 +100,7 @@ class DeACL(Defense):
                              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
         return DefendedModel([self.plain_encoder(student).eval()], {"train_loss": history})
 
-    def loss(self, student: Encoder, teacher: Encoder, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, student: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         p = self.params
         with torch.no_grad():
             target = teacher(x)
