@@ -60,7 +60,7 @@ class SpeedSwitches(Params):
     @model_serializer(mode="wrap")
     def _drop_switches_that_are_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
-        for name in ("amp", "channels_last"):
+        for name in SpeedSwitches.model_fields:
             if data.get(name) is False:
                 del data[name]
         return data
@@ -243,7 +243,7 @@ class AdversarialFineTuning(Defense):
             x_adv = x.detach() + (torch.empty_like(x).uniform_(-eps, eps) if random else 0)
         x_adv = x_adv.clamp(0, 1)
         leak_into = [t for t in (leak_into or []) if t.requires_grad]
-        self.leaked_objective = torch.zeros(())
+        self.leaked_objective = torch.zeros((), device=x.device)  # on the device: no host sync per step
         for _ in range(steps):
             if iterates is not None:
                 iterates.append(x_adv.detach())
@@ -254,7 +254,7 @@ class AdversarialFineTuning(Defense):
                 if g is not None:
                     param.grad = g if param.grad is None else param.grad + g
             if leak_into:
-                self.leaked_objective = self.leaked_objective + value.detach().float().cpu()
+                self.leaked_objective = self.leaked_objective + value.detach().float()
             with torch.no_grad():
                 x_adv = torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
         return x_adv.detach()

@@ -121,7 +121,7 @@ class GenAF(AdversarialFineTuning):
         itself carries no gradient, it only makes the logged loss the trained one."""
         leak = self.params.released_attack_gradients
         x_adv = self.ce_adversarial_examples(encoder, head, x, y, leak=leak)
-        terms = {"attack_leak": self.leaked_objective.to(x.device)} if leak else {}
+        terms = {"attack_leak": self.leaked_objective} if leak else {}
         logits_clean, logits_adv = head(encoder(x)), head(encoder(x_adv))
         clean_ce = F.cross_entropy(logits_clean, y, reduction="none")
         terms["ce"] = F.cross_entropy(logits_adv, y)

@@ -206,5 +206,5 @@ class _GenAFStageOne(GenAF):
     def pgd(self, objective, x, *args, **kwargs):
         if self.fixed_perturbation is None:
             return super().pgd(objective, x, *args, **kwargs)
-        self.leaked_objective = torch.zeros(())  # no attack ran, so nothing leaks
+        self.leaked_objective = torch.zeros((), device=x.device)  # no attack ran, so nothing leaks
         return (x + self.fixed_perturbation.to(x.device)).clamp(0, 1).detach()
