@@ -1,60 +1,29 @@
 """AdvEncoder (Zhou et al., "Downstream-agnostic Adversarial Examples", ICCV 2023).
 
-A universal perturbation produced by a generator, following the authors' code
-(CGCL-codes/AdvEncoder: gan_per_attack.py, model/adv_gan.py, utils/fr_util.py).
-One fixed noise tensor z (batch x 100 x 1 x 1, drawn once) goes through a DCGAN
-generator (transposed convs with BatchNorm + ReLU, widths 1024-512-256-128, then a
-transposed conv to 3 channels and Tanh); the batch of generated images is then
-treated as channels and merged by a 3x3 Conv2d (batch -> 1 channel) into ONE
-perturbation, clamped to +-eps. The generator is trained with Adam (lr 2e-4,
-betas (0.5, 0.999)), 20 epochs at batch 256, the victim frozen, minimising
-
-    L_G = alpha * L_adv + MSE(x + delta, x) - MSE(HFC(x), HFC(x + delta)),
-
-with alpha = 5, L_adv = -InfoNCE(f(x), f(x + delta)) at temperature 0.1 (the
-InfoNCE of the `info-nce-pytorch` package the reference constructs with its
-defaults: (f(x_i), f(x_i + delta)) is the positive pair, the rest of the batch the
-negatives; minimising L_adv pushes adversarial features away from their clean
-ones), and HFC the high-frequency component (per-channel FFT, a centred disc of
-radius 8 zeroed after fftshift, inverse FFT, real part).
-
-Deviations from the reference, and why:
-
-* image size: the reference generator only makes 64x64 images (1 -> 4 -> 8 -> 16
-  -> 32 hidden maps, a stride-2 output layer to 64). Here the number of
-  upsampling layers follows the image size (any power of two >= 8): the first
-  log2(H) - 2 layers after the 4x4 one double the resolution (kernel 4, stride
-  2), the remaining ones keep it (kernel 3, stride 1, padding 1). At 64x64 this
-  is exactly the reference; at 32x32 the hidden maps are 1024@4, 512@8, 256@16,
-  128@32 and the output layer keeps 32x32 (same parameter count up to the
-  output kernel). If an image needs more doublings than there are widths, the
-  last width is repeated.
-* x + delta is clamped to [0, 1] during training (the reference adds delta
-  unclamped); the benchmark always evaluates clamped images.
-* the returned delta is G(z) with the final weights, its BatchNorm layers using
-  the statistics of the fixed z batch -- the mode in which the reference trains
-  and saves its perturbation (`uap_noise` of the last step). Eval mode would use
-  running statistics, which after a short (tiny-profile) run are far from the
-  batch statistics and give a different, untrained-looking perturbation. Since
-  z is fixed, the batch statistics are exact, not noisy.
-* BatchNorm layers keep PyTorch's initialisation (weight 1, bias 0), as in the
-  reference; (transposed) convolutions are N(0, 0.02) with zero bias, drawn from
-  the attack's seeded generator.
-* the reference's `--temperature 0.5` argument is unused; InfoNCE() there runs at
-  the package default 0.1, which is what is used here.
+A DCGAN generator, fed one fixed noise batch whose outputs a 3x3 convolution merges
+across the batch into ONE perturbation (clamped to +-eps), is trained with Adam to
+minimise alpha * (-InfoNCE(f(x), f(x + delta))) + MSE(x + delta, x)
+- MSE(HFC(x), HFC(x + delta)): push the features away from their clean ones while
+keeping the perturbation in the high frequencies. A generator, not a direct
+optimisation of delta, because that is the authors' algorithm (CGCL-codes/AdvEncoder
+gan_per_attack.py, model/adv_gan.py, utils/fr_util.py, utils/nce.py; ZePAD ships the
+same code). At 64x64 the generator is exactly the reference one; other power-of-two
+sizes change only the number of upsampling layers (see `AdvEncoderGenerator`).
+Steps, constants and the options that reproduce the reference exactly:
+docs/FIDELITY.md#advencoder.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from attacks.base import Attack, AttackParams, register_attack
+from attacks.base import Attack, UniversalParams, register_attack, sum_terms
 from benchmark.runtime import batches
 
 
@@ -85,7 +54,13 @@ class AdvEncoderGenerator(nn.Module):
     """DCGAN generator + the reference's "residual" conv across the batch axis.
 
     forward(z: (batch, latent_dim, 1, 1)) -> one perturbation (1, 3, H, W), before
-    the eps clamp.
+    the eps clamp. The reference only makes 64x64 images (4 -> 8 -> 16 -> 32 hidden
+    maps, a stride-2 output layer to 64); here the first log2(H) - 2 layers after the
+    4x4 one double the resolution (kernel 4, stride 2) and the rest keep it (kernel 3,
+    stride 1, padding 1), so 64x64 is exactly the reference and 32x32 differs only in
+    the output layer's kernel. If an image needs more doublings than there are
+    widths, the last width is repeated. Convolutions are N(0, init_std) with zero
+    bias, drawn from the attack's seeded generator; BatchNorm keeps PyTorch's init.
     """
 
     def __init__(self, image_size: int, batch_size: int, widths: tuple[int, ...] = (1024, 512, 256, 128),
@@ -125,7 +100,8 @@ class AdvEncoderGenerator(nn.Module):
 Width = Annotated[int, Field(ge=1)]
 
 
-class AdvEncoderParams(AttackParams):
+class AdvEncoderParams(UniversalParams):
+    omitted_when: ClassVar[dict[str, Any]] = {"output": "final"}  # added later
     epochs: int = Field(20, ge=1, description="passes over the attacker's data (reference --epochs 20)")
     lr: float = Field(2e-4, gt=0, description="Adam learning rate (reference 0.0002)")
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -136,6 +112,9 @@ class AdvEncoderParams(AttackParams):
     latent_dim: int = Field(100, ge=1, description="channels of the fixed noise z")
     widths: tuple[Width, ...] = Field((1024, 512, 256, 128), min_length=1, description="generator widths")
     init_std: float = Field(0.02, gt=0, description="std of the N(0, std) conv initialisation")
+    output: Literal["final", "last_step"] = Field(
+        "final", description="the returned delta: G(z) with the final weights, or the G(z) the last training step "
+                             "used (the reference's saved uap_noise, one Adam step earlier)")
 
 
 @register_attack("advencoder")
@@ -151,11 +130,15 @@ class AdvEncoder(Attack):
         return AdvEncoderGenerator(image_size, p.batch_size, p.widths, p.latent_dim, p.init_std, generator)
 
     def generator_loss(self, surrogate: torch.nn.Module, xb: torch.Tensor, delta: torch.Tensor,
-                       clean_features: torch.Tensor) -> torch.Tensor:
-        """L_G = alpha * (-InfoNCE) + MSE(x_adv, x) - MSE(HFC(x), HFC(x_adv)), to minimise."""
+                       clean_features: list[torch.Tensor]) -> torch.Tensor:
+        """L_G = alpha * (-InfoNCE) + MSE(x_adv, x) - MSE(HFC(x), HFC(x_adv)), to minimise.
+
+        The InfoNCE term is summed over the surrogate encoders (one clean feature
+        tensor each, in `members` order); the two image terms appear once."""
         p = self.params
-        x_adv = (xb + delta).clamp(0, 1)
-        adv_loss = -info_nce(clean_features, surrogate(x_adv), p.temperature)
+        x_adv = self.craft_input(xb + delta)
+        adv_loss = sum_terms([-info_nce(clean, encoder(x_adv), p.temperature)
+                              for encoder, clean in zip(self.members(surrogate), clean_features)])
         reconstruction = F.mse_loss(x_adv, xb)
         with torch.no_grad():
             clean_hfc = high_frequency_component(xb, p.radius)
@@ -170,14 +153,19 @@ class AdvEncoder(Attack):
         net = self.build_generator(x.shape[-1], generator).to(self.device).train()
         weights = list(net.parameters())
         optimizer = torch.optim.Adam(weights, lr=p.lr, betas=(p.beta1, p.beta2))
+        delta = None
         for _ in self.progress_bar(range(p.epochs), "epochs"):
             for idx in batches(len(x), p.batch_size, generator):
                 xb = x[idx].to(self.device)
-                clean = self.features(surrogate, xb)
+                clean = [self.features(encoder, xb) for encoder in self.members(surrogate)]
                 delta = net(z).clamp(-self.eps, self.eps)
                 grads = torch.autograd.grad(self.generator_loss(surrogate, xb, delta, clean), weights)
                 for w, g in zip(weights, grads):
                     w.grad = g
                 optimizer.step()
-        with torch.no_grad():  # batch statistics of the fixed z, as in training (see the docstring)
+        if p.output == "last_step" and delta is not None:
+            return delta.detach()
+        # G(z) in train mode: BatchNorm uses the fixed z batch's own statistics, as in training
+        # (running statistics after a short run are far from them; z is fixed, so they are exact).
+        with torch.no_grad():
             return net(z).clamp(-self.eps, self.eps)

@@ -1,8 +1,9 @@
 """EmbedAttack (Kowalczyk et al., "Benchmarking Robustness of SSL", seed 003).
 
-Per-sample PGD in embedding space: random start in [-eps, eps], 20 steps of
-2/255, maximise ||f(x + delta) - f(x)||^2, clamp to [0,1] then to +-eps after
-each step. Task-agnostic: it needs the encoder only.
+Per-sample PGD in embedding space, maximising ||f(x + delta) - f(x)||^2: it needs the
+encoder only, so it is the task-agnostic per-sample baseline. Reference:
+layer6ai-labs/ssl-robustness evaluators/attack.py (PGD_Sign); steps, constants and
+options: docs/FIDELITY.md#embedattack.
 """
 
 from __future__ import annotations

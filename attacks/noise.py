@@ -2,7 +2,7 @@
 
 Not an attack from the papers: each test image gets its own noise drawn uniformly
 from [-eps, eps] (seeded). An attack that lowers downstream accuracy no more than
-this has learned nothing about the encoder.
+this has learned nothing about the encoder. docs/FIDELITY.md#noise.
 """
 
 from __future__ import annotations

@@ -1,40 +1,21 @@
 """PAP: Pre-trained Adversarial Perturbations (Ban & Dong, NeurIPS 2022), L4A-ugs.
 
-The Low-Level Layer Lifting Attack with uniform Gaussian sampling, following the
-authors' code (banyuanhao/PAP: utils/L4A_ugs.py, attacks.py, README): one
-universal delta, initialised uniform in [-eps, eps], updated by sign ascent
-(step 2e-4, `--alpha`) and clamped to +-eps after every batch, maximising the
-mean squared activation of a low layer (the stem, `model.net[0]` of the
-reference's SimCLRv2 ResNet) on
-
-* 8 Gaussian-noise images per batch, N(mean_c, std_c) per channel c, with
-  mean_c ~ U[0.4, 0.6] and std_c ~ U[0.05, 0.10] redrawn every 20 iterations
-  (the noise itself is redrawn every iteration), plus
-* 0.01 (`--lamuda`) times the same loss on the real batch,
-
-both at (image + delta). Every random draw comes from the attack's seeded generator.
-
-Iterations: the reference runs one shuffled pass over ImageNet at batch 16,
-saving delta every 1000 iterations; the perturbations it ships for SimCLRv2
-ResNets are the k = 30000 ones. The paper profile keeps batch 16 and takes 10
-epochs, which on the benchmark's attacker data (CIFAR-10 train, 50k images) is
-31250 iterations, the same order as the reference's k = 30000.
-
-Deviations: images (noise and real) + delta are clamped to [0, 1] before the
-forward pass (the reference feeds them unclamped), and the real-image term
-averages over the whole batch (the reference's `[8:-1]` drops its last image).
-The `tiny` profile (batch 32, 4 epochs: about 170 iterations on 1347 images)
-raises the step to 2/255 so that the few iterations still travel several eps.
+One universal delta lifting the mean squared activation of a low layer (the stem)
+on Gaussian-noise images with per-channel statistics redrawn every 20 iterations,
+plus 0.01 x the same on the real batch: the attack needs no labels and targets what
+every fine-tuned copy of the encoder inherits, its first layers. Reference:
+banyuanhao/PAP utils/L4A_ugs.py and attacks.py; every step, constant and option
+that reproduces it exactly is in docs/FIDELITY.md#pap.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from attacks.base import Attack, AttackParams, register_attack
+from attacks.base import Attack, UniversalParams, register_attack
 
 Layer = Literal["stem", "layer1", "layer2", "layer3", "layer4"]
 
@@ -61,18 +42,20 @@ class NoisePrior:
         self.iteration = 0
         self.mean = self.std = torch.empty(0)
 
-    def sample(self, n: int, shape: tuple[int, int, int]) -> torch.Tensor:
-        """n images (n, *shape) in [0, 1]; advances the iteration counter."""
+    def sample(self, n: int, shape: tuple[int, int, int], clamp: bool = True) -> torch.Tensor:
+        """n images (n, *shape), clamped to [0, 1] unless `clamp` is off; advances the iteration counter."""
         if self.iteration % self.resample_every == 0:
             (m_lo, m_hi), (s_lo, s_hi) = self.mean_range, self.std_range
             self.std = torch.rand(shape[0], generator=self.generator) * (s_hi - s_lo) + s_lo
             self.mean = torch.rand(shape[0], generator=self.generator) * (m_hi - m_lo) + m_lo
         self.iteration += 1
         noise = torch.randn((n, *shape), generator=self.generator)
-        return (noise * self.std.view(-1, 1, 1) + self.mean.view(-1, 1, 1)).clamp(0, 1)
+        images = noise * self.std.view(-1, 1, 1) + self.mean.view(-1, 1, 1)
+        return images.clamp(0, 1) if clamp else images
 
 
-class PAPParams(AttackParams):
+class PAPParams(UniversalParams):
+    omitted_when: ClassVar[dict[str, Any]] = {"drop_last_real": False, "max_iterations": None}  # options added later
     batch_size: int = Field(16, ge=1, description="real images per iteration (reference --batch_size 16)")
     epochs: int = Field(10, ge=1, description="passes over the attacker's data (~31k iterations on CIFAR-10)")
     step_size: float = Field(2e-4, gt=0, description="sign-ascent step (reference --alpha 0.0002)")
@@ -84,6 +67,11 @@ class PAPParams(AttackParams):
     std_lo: float = Field(0.05, ge=0)
     std_hi: float = Field(0.10, ge=0)
     real_weight: float = Field(0.01, ge=0, description="weight of the real-image term (reference --lamuda 0.01)")
+    drop_last_real: bool = Field(
+        False, description="leave each batch's last real image out of the real-image term "
+                           "(the reference's [8:-1] slice)")
+    max_iterations: int | None = Field(
+        None, ge=1, description="stop after this many steps (the reference ships its k = 30000 checkpoint)")
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -108,11 +96,20 @@ class PAP(Attack):
         p = self.params
         prior = self.noise_prior(generator)
 
-        def objective(xb: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-            noise = prior.sample(p.noise_images, tuple(xb.shape[1:])).to(self.device)
-            acts = layer_activations(surrogate, (torch.cat([noise, xb]) + delta).clamp(0, 1), p.layer).pow(2)
-            n = p.noise_images
-            loss = acts[:n].mean() if n else acts.new_zeros(())
-            return loss + p.real_weight * acts[n:].mean()
+        def with_noise(xb: torch.Tensor) -> torch.Tensor:  # one noise batch per step, shared by the surrogates
+            noise = prior.sample(p.noise_images, tuple(xb.shape[1:]), clamp=p.clamp_craft).to(self.device)
+            return torch.cat([noise, xb])
 
-        return self.universal_sign_ascent(objective, x, generator, p.epochs, p.step_size, random_init=True)
+        return self.universal_sign_ascent(surrogate, self.objective, x, generator, p.epochs, p.step_size,
+                                          random_init=True, prepare=with_noise, max_iterations=p.max_iterations)
+
+    def objective(self, encoder: torch.nn.Module, batch: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """L4A-ugs for one encoder, to maximise: mean squared layer activation on the
+        noise images (the first `noise_images` of the batch) + real_weight x the same on
+        the real ones (an empty real slice adds nothing)."""
+        p = self.params
+        acts = layer_activations(encoder, self.craft_input(batch + delta), p.layer).pow(2)
+        n = p.noise_images
+        real = acts[n:-1] if p.drop_last_real else acts[n:]
+        loss = acts[:n].mean() if n else acts.new_zeros(())
+        return loss + p.real_weight * real.mean() if len(real) else loss

@@ -1,37 +1,23 @@
-"""SSP: Self-Supervised Perturbations (Naseer et al., "A Self-supervised Approach
-for Adversarial Robustness", CVPR 2020): maximise the feature distortion at an
-intermediate layer, ||phi(x + delta) - phi(x)||^2 (MSE), no labels needed.
+"""SSP: Self-Supervised Perturbations (Naseer et al., CVPR 2020): maximise the
+feature distortion ||phi(x + delta) - phi(x)||^2 at an intermediate layer, which
+needs neither labels nor a head, so it transfers to any downstream task.
 
-Two registered names, because whether an attack is universal is a class
-attribute here (`Attack.universal`), not a parameter:
-
-* `ssp` -- the universal variant of the PAP code (banyuanhao/PAP, utils/ssp.py,
-  a baseline of Ban & Dong, NeurIPS 2022): one delta, initialised uniform in
-  [-eps, eps], sign ascent with step 2e-4 (that code's `--alpha` default, shared
-  by all its attacks) over the attacker's data at batch 16, clamped to +-eps after
-  every batch. The layer is the second ResNet stage (`model.net[2]` of the
-  SimCLRv2 ResNet there) -> 'layer2'. That code records activations through a
-  hook that squares them, so its MSE is between *squared* activations:
-  `square_activations=True` by default here. Iterations as in attacks/pap.py:
-  the shipped SSP perturbation is k = 30000 at batch 16, so 10 epochs over
-  CIFAR-10 train (31250 iterations).
-* `ssp_per_sample` -- the original per-image attack (Muzammal-Naseer/NRP, ssp.py):
-  100 steps of 0.01, each projected to x +- eps and [0, 1], raw (unsquared)
-  activations. The reference starts from N(0, 1) images clipped into the ball
-  (almost every pixel lands on a corner, and its first gradient is taken at the
-  unclipped noise); here the start is uniform in +-eps, projected.
-
-Both clamp x + delta to [0, 1] (the PAP code's universal variant does not).
-The `tiny` profiles raise the universal step to 2/255 (about 86 iterations on
-1347 images instead of ~31k) and cut the per-sample steps to 5.
+Two registered names, because whether an attack is universal is a class attribute
+(`Attack.universal`), not a parameter: `ssp`, the universal variant of the PAP code
+(banyuanhao/PAP utils/ssp.py, squared activations at the second stage), and
+`ssp_per_sample`, the original per-image attack (Muzammal-Naseer/NRP ssp.py).
+Steps, constants and the options that reproduce each reference exactly:
+docs/FIDELITY.md#ssp.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar, Literal
+
 import torch
 from pydantic import Field
 
-from attacks.base import Attack, AttackParams, PerSamplePGDAttack, PerSamplePGDParams, register_attack
+from attacks.base import Attack, PerSamplePGDAttack, PerSamplePGDParams, UniversalParams, register_attack
 from attacks.pap import Layer, layer_activations
 
 
@@ -42,12 +28,15 @@ def feature_distortion(adv: torch.Tensor, clean: torch.Tensor, square: bool) -> 
     return (adv - clean).pow(2).flatten(1).mean(dim=1)
 
 
-class SSPParams(AttackParams):
+class SSPParams(UniversalParams):
+    omitted_when: ClassVar[dict[str, Any]] = {"max_iterations": None}  # added later
     batch_size: int = Field(16, ge=1, description="images per iteration (PAP code --batch_size 16)")
     epochs: int = Field(10, ge=1, description="passes over the attacker's data (~31k iterations on CIFAR-10)")
     step_size: float = Field(2e-4, gt=0, description="sign-ascent step (PAP code --alpha 0.0002)")
     layer: Layer = Field("layer2", description="layer whose activations are distorted (PAP code net[2])")
     square_activations: bool = Field(True, description="compare squared activations, as the PAP code's hook does")
+    max_iterations: int | None = Field(
+        None, ge=1, description="stop after this many steps (the PAP code ships its k = 30000 checkpoint)")
 
 
 @register_attack("ssp")
@@ -60,22 +49,28 @@ class SSP(Attack):
 
     def perturb(self, surrogate, x, generator):
         p = self.params
+        return self.universal_sign_ascent(surrogate, self.objective, x, generator, p.epochs, p.step_size,
+                                          random_init=True, max_iterations=p.max_iterations)
 
-        def objective(xb: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                clean = layer_activations(surrogate, xb, p.layer)
-            adv = layer_activations(surrogate, (xb + delta).clamp(0, 1), p.layer)
-            return feature_distortion(adv, clean, p.square_activations).mean()
-
-        return self.universal_sign_ascent(objective, x, generator, p.epochs, p.step_size, random_init=True)
+    def objective(self, encoder: torch.nn.Module, xb: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Feature distortion of one encoder at `layer`, to maximise (clean activations without gradient)."""
+        p = self.params
+        with torch.no_grad():
+            clean = layer_activations(encoder, xb, p.layer)
+        adv = layer_activations(encoder, self.craft_input(xb + delta), p.layer)
+        return feature_distortion(adv, clean, p.square_activations).mean()
 
 
 class SSPPerSampleParams(PerSamplePGDParams):
+    omitted_when: ClassVar[dict[str, Any]] = {"start": "uniform"}  # added later
     steps: int = Field(100, ge=1, description="iterations per image (NRP ssp.py --iters 100)")
     step_size: float = Field(0.01, gt=0, description="sign step (NRP ssp.py --step_size 0.01)")
     layer: Layer = Field("layer2", description="layer whose activations are distorted")
     square_activations: bool = Field(False, description="the original compares raw activations")
     random_start: bool = True
+    start: Literal["uniform", "gaussian"] = Field(
+        "uniform", description="the random start: uniform in +-eps, or NRP's N(0, 1) image (x_adv = randn; with "
+                               "project_start: false its first gradient is at that raw image, as in NRP)")
 
 
 @register_attack("ssp_per_sample")
@@ -84,6 +79,11 @@ class SSPPerSample(PerSamplePGDAttack):
 
     Params = SSPPerSampleParams
     profiles = {"tiny": {"steps": 5}}
+
+    def start_delta(self, xb, generator, random_start):
+        if random_start and self.params.start == "gaussian":
+            return torch.randn(xb.shape, generator=generator).to(self.device) - xb  # x + delta = an N(0, 1) image
+        return super().start_delta(xb, generator, random_start)
 
     def features(self, surrogate, x):
         # pgd_per_sample passes these to `loss` as the clean reference: the layer, not the embedding

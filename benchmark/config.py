@@ -124,6 +124,8 @@ class GridSpec(_Strict):
     fine_tune_data: list[str] = Field(min_length=1)
     downstream: list[str] = Field(min_length=1)
     heads: HeadParams = Field(default_factory=HeadParams)
+    heads_by_dataset: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-D_d overrides of `heads` (the reference trains ImageNet20 heads 50 epochs)")
     device: str = "auto"
     batch_size: int = Field(512, ge=1, description="inference batch size for features")
 
@@ -161,6 +163,17 @@ class GridSpec(_Strict):
             dupes = sorted({n for n in labels if labels.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind}s appear twice: {dupes}; give each a distinct `label:`")
+        for name, override in self.heads_by_dataset.items():
+            if name not in self.downstream:
+                raise ValueError(f"heads_by_dataset names '{name}', which is not a downstream dataset of this grid "
+                                 f"(downstream: {', '.join(self.downstream)})")
+            try:
+                HeadParams(**{**self.heads.model_dump(), **override})
+            except ValidationError as err:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: "
+                                     f"{'unknown head setting' if e['type'] == 'extra_forbidden' else e['msg']}"
+                                     for e in err.errors())
+                raise ValueError(f"heads_by_dataset.{name}: {problems} (valid: {', '.join(HeadParams.model_fields)})") from None
         return self
 
     # -- dataset references ------------------------------------------------
@@ -172,6 +185,15 @@ class GridSpec(_Strict):
         names = [self.attacker_data, *self.fine_tune_data, *self.downstream]
         names += [e.dataset for e in self.encoders + self.surrogates if e.dataset]
         return list(dict.fromkeys(names))
+
+    def heads_for(self, downstream: str) -> HeadParams:
+        """The head settings of one D_d: `heads` with that dataset's `heads_by_dataset` overrides."""
+        return self.heads.model_copy(update=self.heads_by_dataset.get(downstream, {}))
+
+    def dataset_names(self) -> set[str]:
+        """Every dataset the grid can load: its aliases and the datasets it uses (so a
+        defense may build on one, e.g. ZePAD's released BMP encoder on `cifar10`)."""
+        return set(self.datasets) | set(self.all_dataset_names())
 
 
 def _format_validation_error(err: ValidationError, where: str) -> str:

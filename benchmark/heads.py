@@ -1,10 +1,11 @@
 """Downstream classification heads, trained on cached features of a frozen encoder.
 
-The head and its schedule follow the reference code (AdvEncoder / Gen-AF / ZePAD):
-Linear(d,512)-ReLU-Dropout(0.2)-Linear(512,512)-ReLU-Linear(512,C); Adam lr 5e-3,
-weight decay 8e-4, lr x0.96 per epoch, batch 256, 20 epochs. Training on features
-computed once (not re-encoding images every epoch) is exact because the encoder is
-frozen and in eval mode, and it is what makes a grid of many heads cheap.
+The head and its schedule follow the reference code (AdvEncoder / Gen-AF / ZePAD's
+NonLinearClassifier): Linear(d,d)-ReLU-Dropout(0.2)-Linear(d,d)-ReLU-Linear(d,C), d the
+feature dimension; Adam lr 5e-3, weight decay 8e-4, lr x0.96 per epoch, batch 256, 20
+epochs (50 for ImageNet20: `heads_by_dataset` in a grid). Training on features computed
+once (not re-encoding images every epoch) is exact because the encoder is frozen and in
+eval mode, and it is what makes a grid of many heads cheap. docs/FIDELITY.md#heads.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from benchmark.runtime import batches, seed_everything
 
 class HeadParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    hidden: int = Field(512, ge=1)
+    hidden: int | None = Field(None, ge=1, description="hidden width; None: the feature dimension, as the reference")
     dropout: float = Field(0.2, ge=0, lt=1)
     epochs: int = Field(20, ge=1)
     lr: float = Field(5e-3, gt=0)
@@ -29,10 +30,11 @@ class HeadParams(BaseModel):
 
 def make_head(feature_dim: int, num_classes: int, params: HeadParams | None = None) -> nn.Sequential:
     p = params or HeadParams()
+    hidden = p.hidden or feature_dim
     return nn.Sequential(
-        nn.Linear(feature_dim, p.hidden), nn.ReLU(), nn.Dropout(p.dropout),
-        nn.Linear(p.hidden, p.hidden), nn.ReLU(),
-        nn.Linear(p.hidden, num_classes),
+        nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(p.dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, num_classes),
     )
 
 

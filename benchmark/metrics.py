@@ -1,8 +1,9 @@
 """BA / RA / ASR with 95% intervals, weighted by sample count.
 
 The reference code averages per-batch accuracies, which over-weights a short last
-batch; here every sample counts once. Intervals are Wilson score intervals
-(well-behaved near 0 and 1, where RA and ASR often sit).
+batch; here every sample counts once, and the reference's figure is reported beside
+it (`BA_batch_mean`, `RA_batch_mean`). Intervals are Wilson score intervals
+(well-behaved near 0 and 1, where RA and ASR often sit). docs/FIDELITY.md#metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import torch
 
 Z95 = 1.959963984540054
+REFERENCE_BATCH = 256  # the reference evaluation loaders' batch size
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -38,11 +40,38 @@ def robustness_metrics(labels: torch.Tensor, pred_clean: torch.Tensor, pred_adv:
     out |= _rate("BA", pred_clean == labels)
     out |= _rate("RA", pred_adv == labels)
     out |= _rate("ASR", pred_adv != pred_clean)
+    out["BA_batch_mean"] = batch_mean_accuracy(pred_clean == labels)
+    out["RA_batch_mean"] = batch_mean_accuracy(pred_adv == labels)
     return out
 
 
-def detection_metrics(flagged_clean: torch.Tensor, flagged_adv: torch.Tensor) -> dict[str, float]:
-    """Detection accuracy over the clean (correct when not flagged) and adversarial
-    (correct when flagged) images together, as the ZePAD paper's Table 6 counts it."""
-    correct = torch.cat([~flagged_clean.bool(), flagged_adv.bool()])
-    return _rate("detection_accuracy", correct)
+def batch_mean_accuracy(hits: torch.Tensor, batch_size: int = REFERENCE_BATCH) -> float:
+    """The reference code's figure (ZePAD `utils/predict.py`): the mean of per-batch
+    accuracies over the test set in order, batches of 256, so a short last batch weighs
+    as much as a full one. Reported beside the per-sample rate for comparisons with it."""
+    if len(hits) == 0:
+        return float("nan")
+    return float(torch.stack([chunk.float().mean() for chunk in hits.split(batch_size)]).mean())
+
+
+def detection_metrics(score_clean: torch.Tensor, score_adv: torch.Tensor, threshold: float) -> dict[str, float]:
+    """A detector that flags an input when its score exceeds `threshold`, on the clean
+    (correct when not flagged) and adversarial (correct when flagged) images together:
+    the accuracy at the threshold (the ZePAD paper's Table 6 reading), the AUROC (every
+    threshold at once), and the best accuracy over all thresholds with the threshold
+    that reaches it -- an *oracle* figure, chosen on these very test images."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    score_clean, score_adv = score_clean.double().cpu(), score_adv.double().cpu()
+    correct = torch.cat([score_clean <= threshold, score_adv > threshold])
+    out = _rate("detection_accuracy", correct)
+    truth = torch.cat([torch.zeros(len(score_clean)), torch.ones(len(score_adv))]).numpy()
+    scores = torch.cat([score_clean, score_adv]).numpy()
+    if len(score_clean) and len(score_adv):
+        out["detection_auroc"] = float(roc_auc_score(truth, scores))
+        fpr, tpr, thresholds = roc_curve(truth, scores)
+        accuracy = (tpr * len(score_adv) + (1 - fpr) * len(score_clean)) / (len(score_adv) + len(score_clean))
+        best = int(accuracy.argmax())
+        out["detection_accuracy_oracle"] = float(accuracy[best])
+        out["detection_threshold_oracle"] = float(thresholds[best])
+    return out

@@ -128,6 +128,10 @@ class _Planner:
         target = self.grid.attacker_data if cls.universal else downstream
         spec = {"attack": attack.name, "version": cls.version, "params": params.model_dump(), "eps": eps, "seed": seed,
                 "data": self.data(target)}
+        if len(surrogates) > 1:  # white-box: how the per-encoder losses combine (single-surrogate keys unchanged)
+            from attacks.base import ENSEMBLE_VERSION
+
+            spec["ensemble"] = ENSEMBLE_VERSION
         # The scenario only decides which surrogates the attacker has; it is not in
         # the spec, so two scenarios with the same surrogates share one artifact.
         inputs = {("surrogate" if i == 0 else f"surrogate{i}"): key for i, key in enumerate(surrogates)}
@@ -139,7 +143,7 @@ class _Planner:
 
         cls = DEFENSES.get(defense.name)
         params = cls.resolve_params(cls.profile_for(defense.profile, self.grid.profile), defense.params)
-        extra = cls.auxiliary_encoders(params, victim, d_f, self.grid.profile)
+        extra = cls.auxiliary_encoders(params, victim, d_f, self.grid.profile, datasets=self.grid.dataset_names())
         keys = [self.encoder(aux.spec, seed + aux.seed_offset) for aux in extra]
         return keys, [k for k, aux in zip(keys, extra) if aux.public]
 
@@ -149,6 +153,8 @@ class _Planner:
         cls = DEFENSES.get(defense.name)
         params = cls.resolve_params(cls.profile_for(defense.profile, self.grid.profile), defense.params)
         spec = {"defense": defense.name, "version": cls.version, "params": params.model_dump(), "seed": seed, "data": self.data(d_f)}
+        if extra := cls.extra_datasets(params):  # only when asked for: other defenses keep their keys
+            spec["extra_data"] = {name: self.data(name) for name in extra}
         inputs = {"victim": victim} | {f"aux{i}": key for i, key in enumerate(aux)}
         return self.plan.add("defend", spec, inputs, f"defend {defense.display} D_f={d_f}")
 
@@ -182,13 +188,14 @@ class _Planner:
                 model = self.defend(defense, victim, aux, d_f, seed)
                 for d_d in g.downstream:
                     train = self.features(model, d_d, "train")
-                    head = self.plan.add("head", {"params": g.heads.model_dump(), "seed": seed},
+                    head_params = g.heads_for(d_d).model_dump()
+                    head = self.plan.add("head", {"params": head_params, "seed": seed},
                                          {"features": train}, f"head {defense.display} {d_d}")
                     clean = self.features(model, d_d, "test")
                     for scenario, attack, eps in product(g.scenarios, g.attacks, g.eps):
                         craft = self.craft(attack, self.surrogates(scenario, victim, public_aux, seed), scenario, eps, seed, d_d)
                         adv = self.features(model, d_d, "test", craft)
-                        spec = {"defense": defense.name, "clamp": g.clamp, "head_params": g.heads.model_dump()}
+                        spec = {"defense": defense.name, "clamp": g.clamp, "head_params": head_params}
                         key = self.plan.add("evaluate", spec, {"head": head, "clean": clean, "adv": adv},
                                             f"evaluate {enc.name} {defense.display} {attack.display} {d_d} {scenario}")
                         row = {"encoder": enc.name, "method": enc.method or "checkpoint", "D_p": enc.dataset or "",

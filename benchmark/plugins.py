@@ -10,14 +10,29 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from benchmark.errors import ConfigError
 from benchmark.registry import did_you_mean
 
 
 class Params(BaseModel):
+    """A plugin's hyper-parameters. `omitted_when` (merged along the class hierarchy) names
+    options left out of the dump -- and so of artifact keys -- while they hold the given
+    value: an option added later, at a value that computes what the plugin computed
+    before it, keeps every artifact already cached valid."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    omitted_when: ClassVar[dict[str, Any]] = {}
+
+    @model_serializer(mode="wrap")
+    def _omit_options_at_their_old_value(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for cls in type(self).__mro__:
+            for name, value in vars(cls).get("omitted_when", {}).items():
+                if name in data and data[name] == value:
+                    del data[name]
+        return data
 
 
 class Configurable:

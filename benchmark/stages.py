@@ -34,7 +34,7 @@ StageFn = Callable[["StageContext", dict, dict[str, Artifact]], tuple[Tensors, d
 
 #: Bump a stage's version when its code changes what it computes: its artifacts
 #: (and everything downstream of them) then get new keys and are recomputed.
-STAGE_VERSIONS = {"pretrain": 1, "checkpoint": 1, "craft": 1, "defend": 1, "features": 1, "head": 1, "evaluate": 1}
+STAGE_VERSIONS = {"pretrain": 1, "checkpoint": 1, "craft": 1, "defend": 1, "features": 1, "head": 1, "evaluate": 2}
 STAGES: dict[str, StageFn] = {}
 
 
@@ -142,6 +142,7 @@ def run_defend(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tu
     aux_roles = sorted((r for r in inputs if r.startswith("aux")), key=lambda r: int(r[3:]))  # aux2 before aux10
     defense.auxiliaries = [_encoders(inputs[r])[0] for r in aux_roles]
     defense.checkpoint_dir = Path(ctx.scratch) if ctx.scratch else None
+    defense.extra_data = {name: ctx.dataset(data) for name, data in spec.get("extra_data", {}).items()}
     started = time.perf_counter()
     model = defense.defend(victim, ctx.dataset(spec["data"]))
     tensors, meta = pack_branches([b.cpu() for b in model.branches])
@@ -185,20 +186,22 @@ def run_evaluate(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> 
     labels = clean.tensors["labels"]
     defense = DEFENSES.get(spec["defense"])
     out: Tensors = {"labels": labels}
-    preds, flagged = {}, {}
+    preds, scores = {}, {}
+    fusion = clean.meta.get("fusion")
     for which, feats in (("clean", clean), ("adv", adv)):
         logits = [predict_logits(h, feats.tensors[f"branch{i}"]) for i, h in enumerate(heads)]
         confidences = [lg.softmax(1).max(1).values for lg in logits]
         for i, conf in enumerate(confidences):
             out[f"confidence_{which}_branch{i}"] = conf
-        fusion = feats.meta.get("fusion")
         preds[which] = defense.fuse(logits, fusion).argmax(1)
         out[f"pred_{which}"] = preds[which]
-        flagged[which] = defense.detect(confidences, fusion)
+        scores[which] = defense.detection_score(confidences, fusion)
     metrics = robustness_metrics(labels, preds["clean"], preds["adv"])
-    if flagged["clean"] is not None:  # a detector: clean images should pass, adversarial ones be flagged
-        metrics |= detection_metrics(flagged["clean"], flagged["adv"])
-        out |= {"flagged_clean": flagged["clean"], "flagged_adv": flagged["adv"]}
+    if scores["clean"] is not None:  # a detector: clean images should pass, adversarial ones be flagged
+        threshold = (fusion or {}).get("threshold", 0.0)
+        metrics |= detection_metrics(scores["clean"], scores["adv"], threshold)
+        out |= {"detection_score_clean": scores["clean"], "detection_score_adv": scores["adv"],
+                "flagged_clean": scores["clean"] > threshold, "flagged_adv": scores["adv"] > threshold}
     return out, {"metrics": metrics, "clamp": spec["clamp"]}
 
 

@@ -9,17 +9,16 @@ trained per branch on its frozen features and the heads' logits are fused by
 `Defense.fuse` (a single branch: identity). ZePAD's three branches and RFDM
 fusion fit the same shape.
 
-`AdversarialFineTuning` is the base of PGD-AT / TRADES / MART / Gen-AF: it owns
-the loop (encoder Adam lr 1e-4 + head Adam lr 5e-3, wd 8e-4, x0.96 per epoch, as
-Gen-AF does so comparisons are fair), the seeding and the PGD; a subclass writes
-`loss`. Normalisation stays inside the encoder, and the PGD takes gradients with
-respect to the input only (`torch.autograd.grad`), so no attack gradient leaks
-into the parameter update -- two bugs of the reference loops (Gen-AF / ZePAD
-reproduce the leak on request, as their released objective: `pgd(leak_into=...)`).
+`AdversarialFineTuning` is the base of PGD-AT / TRADES / MART / Gen-AF / ZePAD's
+MPAE branches: it owns the loop (encoder Adam + D_f head Adam, the released Gen-AF /
+ZePAD schedule, so comparisons are fair), the seeding, the PGD and the epoch
+selection; a subclass writes `loss`. How each piece maps onto the reference code,
+and which options reproduce it where the default differs: docs/FIDELITY.md
+(#adversarial-fine-tuning-loop).
 
-`amp` / `channels_last` (off by default; the quick grid turns them on, as it does
-for its encoders) run the encoder's forwards under bf16 autocast with channels-last
-memory, about 2x faster on CPU; heads and losses stay in float32 (`fast_encoder`).
+`amp` / `channels_last` (off by default) run the encoder's forwards under bf16
+autocast with channels-last memory, about 2x faster on CPU; heads and losses stay in
+float32 (`fast_encoder`).
 """
 
 from __future__ import annotations
@@ -27,11 +26,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Collection, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -51,19 +50,11 @@ register_defense = DEFENSES.register
 
 class SpeedSwitches(Params):
     """How the encoder's forwards run while defending; in the artifact key when on (bf16
-    changes the numbers). Off, they are left out of the dump, so a defense's key is the
-    one it had before the switches existed and float32 artifacts already cached stay valid."""
+    changes the numbers), left out of it when off (float32 artifacts keep their keys)."""
 
+    omitted_when: ClassVar[dict[str, Any]] = {"amp": False, "channels_last": False}
     amp: bool = Field(False, description="bf16 autocast for the encoder's forwards (CPU and CUDA); heads and losses in float32")
     channels_last: bool = Field(False, description="channels-last memory format for the encoder while defending")
-
-    @model_serializer(mode="wrap")
-    def _drop_switches_that_are_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        for name in SpeedSwitches.model_fields:
-            if data.get(name) is False:
-                del data[name]
-        return data
 
 
 class FastEncoder(nn.Module):
@@ -129,6 +120,28 @@ class DefendedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class FineTuneSplit(NamedTuple):
+    """D_f's training split as a defense uses it: the images it trains on and, when it
+    selects a model on held-out data, the validation part it never trains on."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+
+def unnormalised(encoder: nn.Module) -> nn.Module:
+    """The encoder without its input normalisation (the same parameters): the released
+    Gen-AF / ZePAD loops attack and probe `Sequential(encoder, head)` on raw [0, 1]
+    images although they train it on normalised ones, and their `released` variant
+    reproduces that. Works on an `Encoder` and on a `FastEncoder` around one."""
+    if isinstance(encoder, FastEncoder):
+        return FastEncoder(unnormalised(encoder.encoder), encoder.amp, encoder.channels_last)
+    if isinstance(encoder, Encoder):
+        return encoder.backbone
+    raise TypeError(f"unnormalised() needs an Encoder (or a FastEncoder around one), got {type(encoder).__name__}")
+
+
 class Defense(Configurable):
     """Subclass: implement `defend` (or derive from AdversarialFineTuning and write `loss`)."""
 
@@ -140,6 +153,7 @@ class Defense(Configurable):
         self.device = torch.device(device)
         self.progress = progress
         self.auxiliaries: list[Encoder] = []
+        self.extra_data: dict[str, ImageData] = {}  # set by the grid: the datasets `extra_datasets` named
         self.checkpoint_dir: Path | None = None  # set by the grid: where epoch checkpoints go
 
     def checkpoint(self, name: str) -> "EpochCheckpoint":
@@ -166,22 +180,34 @@ class Defense(Configurable):
 
     @classmethod
     def auxiliary_encoders(cls, params: Params, victim: Any, fine_tune_data: str,
-                           profile: str = "paper") -> list["AuxiliaryEncoder"]:
+                           profile: str = "paper", datasets: Collection[str] = ()) -> list["AuxiliaryEncoder"]:
         """Extra encoders the defense builds on, e.g. ZePAD's MPAE partner (public) and
-        its BMP encoder (the defender's own, pre-trained on D_f). The grid pre-trains or
-        loads them and hands them to `defend`, in this order, as `self.auxiliaries`;
-        white-box attackers get the public ones as surrogates too. `profile` is the
-        grid's default profile, which an auxiliary without its own inherits."""
+        its BMP encoder. The grid pre-trains or loads them and hands them to `defend`, in
+        this order, as `self.auxiliaries`; white-box attackers get the public ones as
+        surrogates too. `profile` is the grid's default profile, which an auxiliary
+        without its own inherits; `datasets` the dataset names the grid can load."""
+        return []
+
+    @classmethod
+    def extra_datasets(cls, params: Params) -> list[str]:
+        """Datasets the defense reads besides D_f (e.g. Gen-AF's released STL10 probe set);
+        the grid loads them and hands them to `defend` as `self.extra_data[name]`."""
         return []
 
     @staticmethod
-    def detect(confidences: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor | None:
-        """Flag inputs as adversarial from per-branch confidences (max softmax), or None
-        when the defense has no detector. ZePAD flags a DAE when its MPAE branch is
-        more confident than its BMP branch by a margin; the evaluation then reports
-        the detection accuracy over the clean (should pass) and adversarial (should be
-        flagged) test images."""
+    def detection_score(confidences: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor | None:
+        """A per-input score, higher = more likely adversarial, from per-branch confidences
+        (max softmax), or None when the defense has no detector. The evaluation reports
+        its AUROC over the clean and adversarial test images, whatever the threshold."""
         return None
+
+    @classmethod
+    def detect(cls, confidences: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor | None:
+        """Flag inputs as adversarial: `detection_score` above the threshold the defended
+        model recorded (`fusion["threshold"]`). The evaluation reports the detection
+        accuracy over the clean (should pass) and adversarial (should be flagged) images."""
+        score = cls.detection_score(confidences, fusion)
+        return None if score is None else score > (fusion or {}).get("threshold", 0.0)
 
     @staticmethod
     def fuse(logits: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor:
@@ -193,6 +219,10 @@ class Defense(Configurable):
 
 
 class AdversarialFineTuningParams(SpeedSwitches):
+    # Options added after artifacts were cached, left out of keys at the value that computes
+    # what was computed before them.
+    omitted_when: ClassVar[dict[str, Any]] = {"selection": "last", "validation_fraction": 0.1,
+                                              "selection_eps": 8 / 255, "attack_mode": "eval"}
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=1)
     encoder_lr: float = Field(1e-4, gt=0)
@@ -203,7 +233,18 @@ class AdversarialFineTuningParams(SpeedSwitches):
     step_size: float = Field(2 / 255, gt=0)
     steps: int = Field(10, ge=0)
     random_start: bool = True
+    attack_mode: Literal["eval", "train"] = Field(
+        "eval", description="BatchNorm during the training attack: running statistics, untouched (eval), or batch "
+                            "statistics with running-statistics updates (train, as Madry's PGD-AT code)")
     max_samples: int | None = Field(None, ge=1, description="use only the first N of D_f (CPU profiles)")
+    selection: Literal["last", "validation", "test"] = Field(
+        "last", description="which epoch's weights the defense keeps: the last; the one with the best FGSM robust "
+                            "accuracy on a held-out validation part of D_f's training split; or `test`, the "
+                            "released ZePAD loop's TEST-SET SELECTION on D_f's test split (the evaluation test set "
+                            "whenever D_f = D_d: never a default)")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="share of D_f's training split held out for "
+                                                                     "validation-based selection (never trained on)")
+    selection_eps: float = Field(8 / 255, gt=0, le=1, description="FGSM budget of the selection metric (the released ZePAD loop's)")
 
 
 class AdversarialFineTuning(Defense):
@@ -219,12 +260,15 @@ class AdversarialFineTuning(Defense):
         eps: float | None = None, step_size: float | None = None, steps: int | None = None,
         random_start: bool | None = None, start: torch.Tensor | None = None,
         iterates: list[torch.Tensor] | None = None, leak_into: list[torch.Tensor] | None = None,
+        clamp_start: bool = True,
     ) -> torch.Tensor:
-        """Maximise `objective(x_adv)` (a scalar) in the L-inf ball; returns a detached x_adv.
+        """Maximise `objective(x_adv)` (a scalar) in the L-inf ball; returns a detached x_adv in [0, 1].
 
         The start is x (+ uniform noise in the ball when random_start), or `start` when
-        given (TRADES and MART start from x + 0.001 N(0, 1)). `iterates`, if given,
-        receives each point the gradient was taken at (the start first).
+        given (TRADES and MART start from x + 0.001 N(0, 1)), clamped to [0, 1] unless
+        `clamp_start` is off (the TRADES / MART references take their first gradient at
+        the unclamped start). Each step projects onto the ball and [0, 1]. `iterates`, if
+        given, receives each point the gradient was taken at (the start first).
 
         `leak_into` reproduces, on request, the released Gen-AF / ZePAD loops' attack
         (`loss.backward()` inside the PGD after the optimisers were zeroed): each step's
@@ -241,7 +285,8 @@ class AdversarialFineTuning(Defense):
             x_adv = start.detach()
         else:
             x_adv = x.detach() + (torch.empty_like(x).uniform_(-eps, eps) if random else 0)
-        x_adv = x_adv.clamp(0, 1)
+        if clamp_start:
+            x_adv = x_adv.clamp(0, 1)
         leak_into = [t for t in (leak_into or []) if t.requires_grad]
         self.leaked_objective = torch.zeros((), device=x.device)  # on the device: no host sync per step
         for _ in range(steps):
@@ -257,15 +302,17 @@ class AdversarialFineTuning(Defense):
                 self.leaked_objective = self.leaked_objective + value.detach().float()
             with torch.no_grad():
                 x_adv = torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
-        return x_adv.detach()
+        return x_adv.detach().clamp(0, 1)
 
     def ce_adversarial_examples(self, encoder: Encoder, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                 start: torch.Tensor | None = None, iterates: list[torch.Tensor] | None = None,
                                 leak: bool = False) -> torch.Tensor:
         """PGD on the head's cross-entropy with BatchNorm in eval mode (the attack must not
-        update running statistics); leaves encoder and head in train mode for the step.
-        `leak`: the released Gen-AF loop's bug, on purpose (see `pgd`'s `leak_into`)."""
-        encoder.eval()
+        update running statistics), or with `attack_mode: train` the encoder in train mode
+        (batch statistics, running statistics updated by every attack forward, as Madry's
+        TF model with `updates_collections=None`); leaves encoder and head in train mode for
+        the step. `leak`: the released Gen-AF loop's bug, on purpose (see `pgd`'s `leak_into`)."""
+        encoder.train(self.params.attack_mode == "train")
         head.eval()
         leak_into = [*encoder.parameters(), *head.parameters()] if leak else None
         x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=start, iterates=iterates,
@@ -275,14 +322,53 @@ class AdversarialFineTuning(Defense):
         return x_adv
 
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
-        encoder, _, history = self.fine_tune(victim, data)
-        return DefendedModel([encoder.eval()], {"train_loss": history})
+        encoder, _, info = self.fine_tune(victim, data)
+        return DefendedModel([encoder.eval()], info)
 
-    def fine_tune(self, victim: Encoder, data: ImageData, tag: str = "fine_tune") -> tuple[Encoder, nn.Module, list[float]]:
-        """The shared loop: a copy of the victim and a fresh D_f head trained on `loss`.
-        Returns (encoder, head, per-epoch mean loss); the victim is never modified. It
-        checkpoints every epoch under `tag` and resumes from a checkpoint it finds."""
+    # -- D_f, held-out validation and epoch selection ----------------------------------------
+    def needs_validation(self) -> bool:
+        """Whether any model selection of this defense runs on held-out validation data."""
+        return self.params.selection == "validation"
+
+    def fine_tune_split(self, data: ImageData) -> FineTuneSplit:
+        """D_f's training images (the first `max_samples` of them), minus a seeded random
+        `validation_fraction` held out when the defense selects on validation data."""
         p = self.params
+        x, y = data.x_train, data.y_train
+        if p.max_samples:
+            x, y = x[: p.max_samples], y[: p.max_samples]
+        if not self.needs_validation():
+            return FineTuneSplit(x, y)
+        n_val = max(1, round(p.validation_fraction * len(x)))
+        if n_val >= len(x):
+            raise ValueError(f"{self.registry_name}: validation_fraction {p.validation_fraction} of {len(x)} D_f training "
+                             f"images leaves nothing to train on; lower it or use more images")
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed + 7919))
+        train, val = order[n_val:].sort().values, order[:n_val].sort().values
+        return FineTuneSplit(x[train], y[train], x[val], y[val])
+
+    def selection_data(self, split: FineTuneSplit, data: ImageData, selection: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The images a selection rule scores on: None for `last`."""
+        if selection == "validation":
+            return split.x_val, split.y_val
+        if selection == "test":
+            return data.x_test, data.y_test
+        return None
+
+    def selection_score(self, encoder: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        """FGSM robust accuracy of encoder + head (eval mode), the released ZePAD loop's
+        epoch-selection metric; a subclass may craft it as its reference does."""
+        return fgsm_accuracy(nn.Sequential(encoder, head), nn.Sequential(encoder, head), x, y,
+                             self.params.selection_eps, self.device)
+
+    def fine_tune(self, victim: Encoder, data: ImageData, tag: str = "fine_tune",
+                  split: FineTuneSplit | None = None) -> tuple[Encoder, nn.Module, dict[str, Any]]:
+        """The shared loop: a copy of the victim and a fresh D_f head trained on `loss`.
+        Returns (encoder, head, info: per-epoch mean loss and the selection record); the
+        victim is never modified. It checkpoints every epoch under `tag` and resumes
+        from a checkpoint it finds."""
+        p = self.params
+        split = split or self.fine_tune_split(data)
         generator = seed_everything(self.seed)
         encoder = _clone(victim).to(self.device)
         fast = self.fast_encoder(encoder)
@@ -290,10 +376,11 @@ class AdversarialFineTuning(Defense):
         enc_opt = torch.optim.Adam(encoder.parameters(), lr=p.encoder_lr, weight_decay=p.weight_decay)
         enc_sched = torch.optim.lr_scheduler.ExponentialLR(enc_opt, gamma=p.lr_decay)
         head_opt, head_sched = head_optimizer(head, HeadParams(lr=p.head_lr, weight_decay=p.weight_decay, lr_decay=p.lr_decay))
-        x_all, y_all = data.x_train, data.y_train
-        if p.max_samples:
-            x_all, y_all = x_all[: p.max_samples], y_all[: p.max_samples]
+        x_all, y_all = split.x_train, split.y_train
+        scored_on = self.selection_data(split, data, p.selection)
         history: list[float] = []
+        scores: list[float] = []
+        best: dict[str, Any] | None = None  # {"epoch", "score", "encoder", "head"} of the kept epoch
         checkpoint, first_epoch = self.checkpoint(tag), 0
         parts = {"encoder": encoder, "head": head, "enc_opt": enc_opt, "head_opt": head_opt,
                  "enc_sched": enc_sched, "head_sched": head_sched}
@@ -305,9 +392,11 @@ class AdversarialFineTuning(Defense):
             if state.get("cuda_rng"):
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
+            scores, best = list(state.get("scores", [])), state.get("best")
         for epoch in tqdm(range(first_epoch, p.epochs), desc=f"defend:{self.registry_name}", leave=False,
                           disable=not self.progress):
-            total, count = 0.0, 0
+            total = torch.zeros((), device=self.device)  # on the device: no host sync per step
+            count = 0
             for idx in batches(len(x_all), p.batch_size, generator):
                 x = x_all[idx].float().div(255).to(self.device)
                 y = y_all[idx].to(self.device)
@@ -321,15 +410,56 @@ class AdversarialFineTuning(Defense):
                 loss.backward()
                 enc_opt.step()
                 head_opt.step()
-                total += float(loss.detach()) * len(idx)
+                total = total + loss.detach().float() * len(idx)
                 count += len(idx)
             enc_sched.step()
             head_sched.step()
-            history.append(total / max(count, 1))
+            history.append(float(total) / max(count, 1))
+            if scored_on is not None:
+                scores.append(self.selection_score(fast, head, *scored_on))
+                if best is None or scores[-1] > best["score"]:  # the first best epoch wins ties, as `>` does in the reference
+                    best = {"epoch": epoch, "score": scores[-1], "encoder": _cpu_state(encoder), "head": _cpu_state(head)}
             checkpoint.save({**{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch,
-                             "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                             "history": history, "scores": scores, "best": best,
+                             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
-        return self.plain_encoder(encoder), head, history
+        info: dict[str, Any] = {"train_loss": history, "selection": p.selection}
+        if best is not None:
+            encoder.load_state_dict(best["encoder"])
+            head.load_state_dict(best["head"])
+            info |= {"selected_epoch": best["epoch"] + 1, "selection_scores": scores}
+        return self.plain_encoder(encoder), head, info
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 512) -> float:
+    model.eval()
+    images = (lambda i: x[i].float().div(255)) if x.dtype == torch.uint8 else (lambda i: x[i])
+    correct = sum(int((model(images(i).to(device)).argmax(1).cpu() == y[i]).sum()) for i in batches(len(x), batch_size))
+    return correct / max(1, len(x))
+
+
+def fgsm_accuracy(attacked: nn.Module, evaluated: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                  device: torch.device, batch_size: int = 256) -> float:
+    """Accuracy of `evaluated` on FGSM examples crafted on `attacked` (both eval mode,
+    [0, 1] uint8 or float images): x' = clamp(x + eps sign(grad CE), 0, 1), as torchattacks'
+    FGSM. The two models differ only to reproduce the released loops, which craft on
+    un-normalised inputs and evaluate normalised ones."""
+    attacked.eval()
+    evaluated.eval()
+    correct = 0
+    for idx in batches(len(x), batch_size):
+        xb = x[idx].float().div(255) if x.dtype == torch.uint8 else x[idx]
+        xb, yb = xb.to(device).requires_grad_(True), y[idx].to(device)
+        (grad,) = torch.autograd.grad(F.cross_entropy(attacked(xb), yb), xb)
+        with torch.no_grad():
+            x_adv = (xb + eps * grad.sign()).clamp(0, 1)
+            correct += int((evaluated(x_adv).argmax(1) == yb).sum())
+    return correct / max(1, len(x))
 
 
 def _clone(encoder: Encoder) -> Encoder:

@@ -1,9 +1,9 @@
 """PGD-AT (Madry et al., ICLR 2018) as adversarial fine-tuning of encoder + head on D_f.
 
-Inner maximisation: PGD on the cross-entropy of the D_f head, eps 8/255, step
-2/255, 10 steps, random start; outer minimisation: cross-entropy on the PGD
-examples. The adversarial examples are generated with BatchNorm in eval mode (so
-the attack does not update running statistics), then the step trains in train mode.
+Why this shape: Madry's min-max (CE on PGD examples) is the baseline every defense is
+compared with, run in the shared `AdversarialFineTuning` loop; the attack runs with
+BatchNorm in eval mode so it does not update running statistics. Steps, options and
+the reference's own training recipe: docs/FIDELITY.md#pgd-at.
 """
 
 from __future__ import annotations

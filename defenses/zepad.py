@@ -1,43 +1,34 @@
 """ZePAD (seed 001): zero-sacrifice persistent-robustness defense with RFDM fusion and DAE detection.
 
 Branches (one downstream head each, trained on clean D_d with the encoder frozen):
-- MPAE: the victim and `aux_methods` auxiliary public encoders of other SSL methods
-  (default BYOL; NNCLR when the victim is BYOL), each adversarially fine-tuned on D_f
-  with Gen-AF's stage-1 loss (CE on PGD examples + lambda * GR, lambda = 20; by
-  default with the released loop's leaked attack gradients, as ZePAD's own
-  `adversarial_fine-tuning.py` trains: see `defenses/genaf.py`);
-- BMP: an encoder the defender pre-trains itself with SimCLR on its own clean D_f
-  (never released, so never a white-box surrogate).
+the MPAE branch -- the victim and a public partner encoder of another SSL method,
+each adversarially fine-tuned on D_f with Gen-AF's stage-1 loop (`defenses/genaf.py`,
+its `released` variant by default, 20 epochs as ZePAD's copy of the loop) -- and the
+BMP branch, an encoder trained on benign data only. RFDM fuses the branch logits,
+weighting each by c = m exp(3 (m - 0.5)), m its max softmax probability; a DAE is
+flagged when the MPAE branch is more confident than the BMP branch by a margin.
 
-RFDM fuses the branch logits: m_i = max softmax probability of branch i,
-c_i = m_i exp(3 (m_i - 0.5)), W_i = c_i / sum_k c_k, output = sum_i W_i logits_i (the
-code fuses logits). `fusion: equal` averages the logits; `fusion: entropy` weights
-each branch by its inverse prediction entropy (Table S3's alternatives).
-
-Detection (paper section 5.4, not in the released code): an input is flagged as a
-DAE when the MPAE branch's confidence (the mean over its encoders) exceeds the BMP
-branch's by more than `detect_threshold` (0.1); the evaluation reports the accuracy
-over clean and adversarial test images (Table 6).
-
-Table 5's switches: `adversarial_fine_tuning` (off: MPAE encoders as released),
-`mpae_branch` (off: no auxiliary encoders, the victim alone on that side),
-`bmp_branch` (off: no BMP encoder). All three off is the undefended victim.
-`adv_source`: `pgd` (default, as the released code makes D_adv) or `generator`
-(the paper's Algorithm 1: x* = x + G, with G an AdvEncoder generator the defender
-trains against each MPAE encoder on D_f, with AdvEncoder's defaults or
-`generator_params`).
+Sources of the auxiliary encoders (`partners`, `bmp`: any encoder spec, a method +
+dataset to pre-train or a checkpoint). Unset, they take the released code's choice
+where the grid has its data: the partner is BYOL pre-trained on ImageNet-100 and the
+BMP encoder the public SimCLR-CIFAR10 encoder (for a SimCLR-CIFAR10 victim, the
+victim itself); where the grid has no `imagenet100` (resp. `cifar10`) dataset, the
+paper's description: BYOL (NNCLR for a BYOL victim) pre-trained on the victim's
+D_p, and SimCLR pre-trained by the defender on its own D_f. Every step against the
+released code: docs/FIDELITY.md#zepad.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Collection, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from benchmark.data import ImageData
 from benchmark.encoders.backbones import Encoder
+from benchmark.errors import ConfigError
 from defenses.base import AuxiliaryEncoder, DefendedModel, Defense, register_defense
 from defenses.genaf import GenAF, GenAFParams
 
@@ -73,16 +64,37 @@ def _shared_recipe(victim, method: str, grid_profile: str) -> dict:
     return shared
 
 
+#: The released code's auxiliary encoders and the dataset each was pre-trained on.
+RELEASED_PARTNER = ("byol", "imagenet100")
+RELEASED_BMP = ("simclr", "cifar10")
+
+
 class ZePADParams(GenAFParams):
-    stage2: bool = Field(False, description="ZePAD uses Gen-AF's stage-1 loss only")
-    aux_methods: list[str] | None = Field(None, description="SSL methods of the MPAE partners (default: byol, nnclr for a BYOL victim)")
-    bmp_method: str = Field("simclr", description="SSL method of the defender's own BMP encoder")
-    fusion: Literal["rfdm", "equal", "entropy"] = "rfdm"
+    epochs: int = Field(20, ge=1, description="stage-1 epochs per MPAE encoder (ZePAD's copy of the loop: 20)")
+    stage2: bool = Field(False, description="ZePAD uses Gen-AF's stage-1 loop only")
+    selection: Literal["last", "validation", "test"] = Field(
+        "validation", description="MPAE epoch kept: best FGSM robust accuracy on a held-out validation part of D_f's "
+                                  "training split; `test`: the released loop's TEST-SET SELECTION on D_f's test split; "
+                                  "`last`")
+    aux_methods: list[str] | None = Field(None, description="SSL methods of the MPAE partners when they are pre-trained "
+                                                            "on the victim's D_p (default: byol, nnclr for a BYOL victim)")
+    partners: list[dict[str, Any]] | None = Field(
+        None, description="encoder specs of the MPAE partners (method + dataset, or checkpoint + arch); unset: the "
+                          "released BYOL-ImageNet-100 where the grid has `imagenet100`, else `aux_methods` on the "
+                          "victim's D_p")
+    bmp: dict[str, Any] | None = Field(
+        None, description="encoder spec of the BMP encoder; unset: the released public SimCLR-CIFAR10 where the grid "
+                          "has `cifar10`, else `bmp_method` pre-trained by the defender on D_f")
+    bmp_method: str = Field("simclr", description="SSL method of the defender's own BMP encoder (the fallback)")
+    fusion: Literal["rfdm", "equal", "entropy", "inverse_entropy"] = Field(
+        "rfdm", description="rfdm (Eq. 7-8); equal (mean logits); entropy: weights proportional to each branch's "
+                            "prediction entropy, as the released confidence.py (Table S3); inverse_entropy: 1/entropy")
     adv_source: Literal["pgd", "generator"] = Field(
         "pgd", description="D_adv by PGD (the released code) or by a generator G, x* = x + G (the paper's Algorithm 1)")
     generator_params: dict = Field(default_factory=dict,
                                    description="AdvEncoder parameters of G (adv_source: generator); default the reference's")
-    detect_threshold: float = Field(0.1, ge=0, le=1)
+    detect_threshold: float = Field(0.1, ge=0, le=1, description="flag a DAE when MPAE confidence - BMP confidence "
+                                                                 "exceeds it (the paper's 0.1)")
     adversarial_fine_tuning: bool = True
     mpae_branch: bool = True
     bmp_branch: bool = True
@@ -93,7 +105,7 @@ class ZePAD(Defense):
     """ZePAD: adversarially fine-tuned multi-encoder branch + benign branch, fused by confidence (RFDM)."""
 
     Params = ZePADParams
-    version = 2  # 2: Gen-AF's stage 1 at its version 2 (the leak inside the PGD)
+    version = 3  # 3: Gen-AF version 3's stage 1, released auxiliary sources, entropy as released, validation selection
     profiles = {"tiny": {"epochs": 2, "steps": 3, "step_size": 0.014,
                          "generator_params": {"widths": (64, 32, 16, 8), "epochs": 2}}}
 
@@ -110,24 +122,42 @@ class ZePAD(Defense):
         return available[:1] or ["byol"]
 
     @classmethod
-    def auxiliary_encoders(cls, params: ZePADParams, victim, fine_tune_data: str,
-                           profile: str = "paper") -> list[AuxiliaryEncoder]:
+    def partner_count(cls, params: ZePADParams) -> int:
+        return len(params.partners) if params.partners is not None else len(cls.partner_methods(params, None))
+
+    @classmethod
+    def auxiliary_encoders(cls, params: ZePADParams, victim, fine_tune_data: str, profile: str = "paper",
+                           datasets: Collection[str] = ()) -> list[AuxiliaryEncoder]:
+        """The MPAE partners (public: white-box surrogates too), then the BMP encoder
+        (never a surrogate: the paper's white-box attacker knows the MPAE branch).
+        `datasets`: the names the grid can load, which decide the released choices."""
+
         def like_victim(method: str, dataset: str):
             return victim.model_copy(update={"name": f"{method}-{dataset}", "method": method, "dataset": dataset,
                                              "checkpoint": None, "key_map": None,
                                              "params": _shared_recipe(victim, method, profile)})
 
         out = []
-        if params.mpae_branch:  # public encoders of the zoo, pre-trained on the victim's data
-            d_p = victim.dataset or fine_tune_data
-            out += [AuxiliaryEncoder(like_victim(m, d_p)) for m in cls.partner_methods(params, victim.method)]
-        if params.bmp_branch:  # the defender's own, on its clean D_f: a separate run, never public
-            out.append(AuxiliaryEncoder(like_victim(params.bmp_method, fine_tune_data), public=False, seed_offset=1))
+        if params.mpae_branch:
+            if params.partners is not None:
+                out += [AuxiliaryEncoder(_encoder_spec(spec, victim, profile, "partners")) for spec in params.partners]
+            elif RELEASED_PARTNER[1] in datasets:
+                out.append(AuxiliaryEncoder(like_victim(*RELEASED_PARTNER)))
+            else:  # fallback: the paper's partner on the victim's data
+                d_p = victim.dataset or fine_tune_data
+                out += [AuxiliaryEncoder(like_victim(m, d_p)) for m in cls.partner_methods(params, victim.method)]
+        if params.bmp_branch:
+            if params.bmp is not None:
+                out.append(AuxiliaryEncoder(_encoder_spec(params.bmp, victim, profile, "bmp"), public=False))
+            elif RELEASED_BMP[1] in datasets:
+                out.append(AuxiliaryEncoder(like_victim(*RELEASED_BMP), public=False))
+            else:  # fallback: the defender's own, on its clean D_f: a separate run, never public
+                out.append(AuxiliaryEncoder(like_victim(params.bmp_method, fine_tune_data), public=False, seed_offset=1))
         return out
 
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         p = self.params
-        expected = (len(self.partner_methods(p, None)) if p.mpae_branch else 0) + int(p.bmp_branch)
+        expected = (self.partner_count(p) if p.mpae_branch else 0) + int(p.bmp_branch)
         if len(self.auxiliaries) != expected:
             raise ValueError(f"ZePAD needs {expected} auxiliary encoder(s) (MPAE partners, then the BMP encoder), "
                              f"got {len(self.auxiliaries)}; the grid supplies them from `auxiliary_encoders`")
@@ -135,16 +165,17 @@ class ZePAD(Defense):
         mpae = [victim, *partners]
         info: dict = {}
         if p.adversarial_fine_tuning:
-            tuner = _GenAFStageOne(GenAFParams(**{k: v for k, v in p.model_dump().items() if k in GenAFParams.model_fields}),
-                          seed=self.seed, device=self.device, progress=self.progress)
+            tuner = _GenAFStageOne(GenAFParams(**{k: v for k, v in dict(p).items() if k in GenAFParams.model_fields}),
+                                   seed=self.seed, device=self.device, progress=self.progress)
+            tuner.registry_name = "zepad"
             tuned = []
             for i, encoder in enumerate(mpae):
                 tuner.seed = self.seed + i
                 tuner.checkpoint_dir = self.checkpoint_dir
                 tuner.fixed_perturbation = self.generator_perturbation(encoder, data, i) if p.adv_source == "generator" else None
-                encoder, _, history = tuner.fine_tune(encoder, data, tag=f"mpae{i}")
+                encoder, _, tuned_info = tuner.fine_tune(encoder, data, tag=f"mpae{i}")
                 tuned.append(encoder.eval())
-                info[f"mpae{i}_train_loss"] = history
+                info |= {f"mpae{i}_{k}": v for k, v in tuned_info.items()}
             mpae = tuned
         branches = [e.eval() for e in mpae]
         bmp = None
@@ -172,24 +203,40 @@ class ZePAD(Defense):
             return logits[0]
         method = (fusion or {}).get("method", "rfdm")
         stacked = torch.stack(logits)  # branches x batch x classes
-        probs = stacked.softmax(-1)
         if method == "equal":
             return stacked.mean(0)
-        if method == "entropy":
-            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-            weights = 1 / entropy.clamp_min(1e-12)
+        if method in ("entropy", "inverse_entropy"):
+            entropy = stacked.logsumexp(-1) - (stacked.softmax(-1) * stacked).sum(-1)  # as confidence.py computes it
+            weights = entropy if method == "entropy" else 1 / entropy.clamp_min(1e-12)
         else:  # RFDM
-            m = probs.max(-1).values
+            m = stacked.softmax(-1).max(-1).values
             weights = m * torch.exp(3 * (m - 0.5))
         weights = weights / weights.sum(0, keepdim=True)
         return (weights.unsqueeze(-1) * stacked).sum(0)
 
     @staticmethod
-    def detect(confidences: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor | None:
+    def detection_score(confidences: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor | None:
+        """MPAE confidence (the mean over its encoders' max softmax) minus the BMP branch's."""
         if not fusion or fusion.get("bmp") is None or not fusion.get("mpae"):
             return None
         mpae = torch.stack([confidences[i] for i in fusion["mpae"]]).mean(0)
-        return mpae - confidences[fusion["bmp"]] > fusion.get("threshold", 0.1)
+        return mpae - confidences[fusion["bmp"]]
+
+
+def _encoder_spec(spec: dict[str, Any], victim, profile: str, where: str):
+    """A user's auxiliary encoder spec as an `EncoderSpec`: the victim's architecture,
+    normalisation and (for a method) shared recipe unless the spec sets them."""
+    from benchmark.config import EncoderSpec
+
+    inherited = {k: getattr(victim, k) for k in ("arch", "width", "conv1_padding", "normalization", "profile")}
+    if spec.get("method") and "params" not in spec:
+        inherited["params"] = _shared_recipe(victim, spec["method"], profile)
+    try:
+        return EncoderSpec(**{**inherited, **spec})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"zepad: invalid encoder spec in `{where}` ({spec}): {problems}. An encoder spec is "
+                          f"{{method, dataset}} to pre-train or {{checkpoint, arch, width}} to load.") from None
 
 
 def rfdm_weight(max_probability: float) -> float:

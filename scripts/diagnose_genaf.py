@@ -82,7 +82,7 @@ def main() -> None:
             enc_opt.zero_grad(set_to_none=True)  # before the terms: the released PGD leaks into .grad
             head_opt.zero_grad(set_to_none=True)
             terms = genaf.stage1_terms(encoder, head, x, y)
-            ce, gr = terms["ce"], terms["gr"]
+            ce, gr = terms["ce"], terms["gr"] if "gr" in terms else terms["lf"]  # `paper` variant: L_f
             if args.gr_reduction == "mean":
                 gr = gr / len(y)
             (ce + p.lam * gr).backward()

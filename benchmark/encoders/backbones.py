@@ -121,6 +121,16 @@ class ResNet18ImageNet(ResNet18Cifar):
         return F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
 
 
+class ResNet18ImageNetStride1(ResNet18Cifar):
+    """ResNet18 with a 7x7 conv1 at stride 1 and no max-pool: how the released ZePAD code
+    (`utils/load_model.py`) rebuilds its solo-learn ImageNet-100 encoders (conv1 padding 1)
+    before loading their weights, and so the network its BYOL-ImageNet-100 partner is."""
+
+    def __init__(self, width: int = 64, conv1_padding: int = 1) -> None:
+        super().__init__(width, conv1_padding)
+        self.conv1 = nn.Conv2d(3, width, 7, 1, conv1_padding, bias=False)
+
+
 class CifarResNet(nn.Module):
     """ResNet-20/32/44/56 for CIFAR (16, 32, 64 channels; n blocks per stage)."""
 
@@ -170,6 +180,13 @@ def resnet18_imagenet(width: int = 64, conv1_padding: int = 3) -> ResNet18ImageN
     """ResNet18, ImageNet stem (7x7 conv stride 2 + max-pool): loads torchvision / timm
     `resnet18` state dicts (their `fc` head is kept as an extra)."""
     return ResNet18ImageNet(width=width, conv1_padding=conv1_padding)
+
+
+@ENCODERS.register("resnet18_imagenet_s1")
+def resnet18_imagenet_s1(width: int = 64, conv1_padding: int = 1) -> ResNet18ImageNetStride1:
+    """ResNet18 with a 7x7 stride-1 conv1 and no max-pool, as the released ZePAD code loads
+    solo-learn ImageNet-100 checkpoints (its BYOL partner)."""
+    return ResNet18ImageNetStride1(width=width, conv1_padding=conv1_padding)
 
 
 def default_conv1_padding(arch: str) -> int:

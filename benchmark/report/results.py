@@ -21,7 +21,7 @@ from benchmark.errors import DAEBenchError
 from benchmark.plan import Plan
 from benchmark.store import ArtifactStore
 
-METRICS = ("BA", "RA", "ASR", "detection_accuracy")
+METRICS = ("BA", "RA", "ASR", "BA_batch_mean", "RA_batch_mean", "detection_accuracy", "detection_auroc")
 TIMINGS = ("pretrain_seconds", "craft_seconds", "defend_seconds")
 PROVENANCE = ("grid_hash", "git_commit", "daebench", "torch", "device", "torch_threads", "time_utc")
 

@@ -1,9 +1,12 @@
 """Every registered attack obeys the same contract (parametrised over the registry)."""
 
+import math
+
 import pytest
 import torch
 
 from attacks import ATTACKS
+from attacks.advencoder import info_nce
 from benchmark.encoders import build_encoder
 
 EPS = 10 / 255
@@ -82,18 +85,144 @@ def test_surrogate_is_left_as_it_was(name, surrogate, images, labels):
     assert all(p.requires_grad for p in surrogate.parameters())
 
 
-def test_white_box_ensemble_sums_surrogate_losses(images, labels):
-    """Several surrogates act as one: squared-error losses add up over the encoders."""
+@pytest.fixture(scope="module")
+def two_surrogates():
+    """Two different encoders (feature widths 8 and 4): a white-box attacker's surrogates."""
+    torch.manual_seed(1)
+    return build_encoder("resnet18", width=8).eval(), build_encoder("resnet18", width=4).eval()
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_white_box_attacks_never_use_the_concatenated_features(name, two_surrogates, images, labels, monkeypatch):
+    """Every attack works encoder by encoder on an ensemble (its losses are summed per
+    encoder), and every encoder is used."""
     from attacks.base import SurrogateEnsemble
 
-    torch.manual_seed(1)
-    a, b = build_encoder("resnet18", width=8).eval(), build_encoder("resnet18", width=8).eval()
-    ensemble = SurrogateEnsemble([a, b]).eval()
-    x_adv = (images + 0.01).clamp(0, 1)
-    with torch.no_grad():
-        joint = (ensemble(x_adv) - ensemble(images)).pow(2).sum(1)
-        split = (a(x_adv) - a(images)).pow(2).sum(1) + (b(x_adv) - b(images)).pow(2).sum(1)
-        assert torch.allclose(joint, split, rtol=1e-5, atol=1e-7)
-        assert ensemble.forward_features(images)["layer2"].shape[1] == 2 * a.forward_features(images)["layer2"].shape[1]
-    delta = _attack("pap").craft(ensemble, images, labels)
+    def refuse(*_):
+        raise AssertionError("an attack used the ensemble's concatenated features")
+
+    monkeypatch.setattr(SurrogateEnsemble, "forward", refuse)
+    monkeypatch.setattr(SurrogateEnsemble, "forward_features", refuse)
+    calls = [0, 0]
+    first_convs = [next(m for m in e.modules() if isinstance(m, torch.nn.Conv2d)) for e in two_surrogates]
+    hooks = [conv.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, conv in enumerate(first_convs)]
+    try:
+        delta = _attack(name).craft(SurrogateEnsemble(list(two_surrogates)), images, labels)
+    finally:
+        for h in hooks:
+            h.remove()
     assert delta.abs().max() <= EPS
+    assert name == "noise" or (calls[0] > 0 and calls[0] == calls[1])
+
+
+def test_white_box_objectives_are_sums_of_single_encoder_objectives(two_surrogates, images, labels):
+    from attacks.base import SurrogateEnsemble
+
+    a, b = two_surrogates
+    ensemble = SurrogateEnsemble([a, b]).eval()
+    delta = torch.full((1, *images.shape[1:]), 0.02)
+    pap = _attack("pap")
+    batch = images[:8]
+    joint = pap.summed(ensemble, lambda e: pap.objective(e, batch, delta))
+    assert torch.allclose(joint, pap.objective(a, batch, delta) + pap.objective(b, batch, delta))
+    # AdvEncoder: the InfoNCE term per encoder, the two image terms once
+    adv = _attack("advencoder")
+    with torch.no_grad():
+        clean = [a(batch), b(batch)]
+        both = adv.generator_loss(ensemble, batch, delta, clean)
+        only_a = adv.generator_loss(a, batch, delta, clean[:1])
+        only_b = adv.generator_loss(b, batch, delta, clean[1:])
+        image_terms = only_a - adv.params.alpha * -info_nce(clean[0], a((batch + delta).clamp(0, 1)), 0.1)
+    assert torch.allclose(both, only_a + only_b - image_terms, atol=1e-5)
+
+
+def test_white_box_classifier_has_one_head_per_encoder_and_sums_their_logits(two_surrogates, images, labels):
+    from attacks.base import SurrogateEnsemble, member_logits
+
+    a, b = two_surrogates
+    uap = _attack("uap")
+    uap._labels = labels
+    joint = uap.surrogate_classifier(SurrogateEnsemble([a, b]), images)
+    single_a, single_b = uap.surrogate_classifier(a, images), uap.surrogate_classifier(b, images)
+    with torch.no_grad():
+        parts = member_logits(joint, images)
+        assert torch.allclose(parts[0], single_a(images)) and torch.allclose(parts[1], single_b(images))
+        assert torch.allclose(joint(images), single_a(images) + single_b(images))
+        assert torch.equal(single_a(images), member_logits(single_a, images)[0])  # one surrogate: its logits
+
+
+def test_white_box_crafts_are_keyed_apart_and_single_surrogate_keys_unchanged():
+    from attacks.base import ENSEMBLE_VERSION
+    from benchmark.config import parse_grid
+    from benchmark.plan import plan_grid
+    from tests.conftest import MICRO_GRID
+
+    grid = parse_grid({**MICRO_GRID, "scenarios": ["semi_black_box", "white_box"], "defenses": ["zepad"]})
+    crafts = [n for n in plan_grid(grid).nodes.values() if n.stage == "craft"]
+    for node in crafts:
+        several = len([r for r in node.inputs if r.startswith("surrogate")]) > 1
+        assert node.spec.get("ensemble") == (ENSEMBLE_VERSION if several else None)
+    assert any(len(n.inputs) > 1 for n in crafts) and any(len(n.inputs) == 1 for n in crafts)
+
+
+# -- options that reproduce a reference exactly ----------------------------------------------
+REFERENCE_OPTIONS = {
+    "advencoder": {"clamp_craft": False, "output": "last_step"},
+    "pap": {"clamp_craft": False, "drop_last_real": True, "max_iterations": 2},
+    "ssp": {"clamp_craft": False, "max_iterations": 2},
+    "ssp_per_sample": {"start": "gaussian", "project_start": False},
+    "embedattack": {"project_start": False},
+    "uap": {"clamp_craft": False, "init": "random", "require_convergence": False, "pert_pad": 0.0, "augment": True},
+    "uapgd": {"clamp_craft": False},
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_OPTIONS))
+def test_reference_options_stay_out_of_the_key_at_their_defaults(name):
+    cls = ATTACKS.get(name)
+    options = REFERENCE_OPTIONS[name]
+    default = cls.resolve_params("paper").model_dump()
+    assert not set(options) & set(default)  # artifact keys of the defaults are the ones before the options
+    switched = cls.resolve_params("paper", options).model_dump()
+    assert all(switched[k] == v for k, v in options.items())
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_OPTIONS))
+def test_reference_options_craft_within_budget_and_change_the_artifact(name, surrogate, images, labels):
+    cls = ATTACKS.get(name)
+    params = {"batch_size": 16, **REFERENCE_OPTIONS[name]}
+    reference = cls(cls.resolve_params(cls.profile_for(None, "tiny"), params), eps=EPS, seed=0)
+    delta = reference.craft(surrogate, images, labels)
+    assert delta.abs().max() <= EPS
+    assert not torch.equal(delta, _attack(name).craft(surrogate, images, labels))
+
+
+# -- UAPGD: the reference algorithm and the batched variant --------------------------------------
+def test_uapgd_variants_differ_and_report(surrogate, images, labels):
+    reference = _attack("uapgd")
+    assert reference.params.variant == "reference"
+    delta_ref = reference.craft(surrogate, images, labels)
+    assert 0 <= reference.report["fooling_rate"] <= 1 and reference.report["images_seen"] == len(images)
+    assert 0 < reference.report["images_updated"] <= len(images)
+    cls = ATTACKS.get("uapgd")
+    batched = cls(cls.resolve_params("tiny", {"batch_size": 16, "variant": "batched"}), eps=EPS, seed=0)
+    assert batched.params.epochs == 1 and math.isclose(batched.params.step_size, 1 / 255)  # tiny / version-3 step
+    assert cls.resolve_params("paper", {"variant": "batched"}).epochs == 5  # version 3's default
+    assert not torch.equal(delta_ref, batched.craft(surrogate, images, labels))
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"loss": "embedding"}, "only for variant 'batched'"),
+    ({"variant": "batched", "gamma": 0.1}, "gamma applies only to variant 'reference'"),
+    ({"variant": "exact"}, "variant"),
+])
+def test_uapgd_rejects_inconsistent_parameters(bad, match):
+    from benchmark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        ATTACKS.get("uapgd").resolve_params("paper", bad)
+
+
+def test_uapgd_tiny_profile_caps_the_images():
+    assert ATTACKS.get("uapgd").resolve_params("tiny").max_images == 256

@@ -153,7 +153,8 @@ def test_scenarios_pick_surrogates_and_share_artifacts(tmp_path):
                  "params": {"epochs": 1, "batch_size": 128, "max_samples": 256}}
     grid = parse_grid({**MICRO_GRID, "scenarios": ["semi_black_box", "white_box", "transfer"],
                        "surrogates": [surrogate], "transfer_from": "other-simclr",
-                       "attacks": [{"name": "uapgd", "params": {"steps": 2, "loss": "embedding"}}], "defenses": ["none"]})
+                       "attacks": [{"name": "uapgd", "params": {"steps": 2, "loss": "embedding", "variant": "batched"}}],
+                       "defenses": ["none"]})
     report = run_grid(grid, cache_dir=tmp_path / "cache", runs_dir=None, progress=False)
     assert set(report.results.scenario) == {"semi_black_box", "white_box", "transfer"}
     # no defense here has auxiliary encoders: white-box == semi-black-box, one shared artifact

@@ -106,13 +106,20 @@ def test_detection_accuracy_is_reported_for_a_defense_with_a_detector(micro_run,
     key = report.results[report.results.defense == "none"].key.iloc[0]
     meta = store.load_meta("evaluate", key)
     inputs = {role: store.load("head" if role == "head" else "features", k) for role, k in meta["inputs"].items()}
-    monkeypatch.setattr(DEFENSES.get("none"), "detect", staticmethod(lambda conf, fusion=None: conf[0] < 0.5))
+    # a detector flagging low confidence: score = 0.5 - confidence, flagged above 0 (no fusion: threshold 0)
+    monkeypatch.setattr(DEFENSES.get("none"), "detection_score", staticmethod(lambda conf, fusion=None: 0.5 - conf[0]))
     tensors, out = STAGES["evaluate"](StageContext(), {**meta["spec"]}, inputs)
     low_clean = (tensors["confidence_clean_branch0"] < 0.5).float()
     low_adv = (tensors["confidence_adv_branch0"] < 0.5).float()
     expected = ((1 - low_clean).sum() + low_adv.sum()) / (2 * len(low_clean))
-    assert out["metrics"]["detection_accuracy"] == pytest.approx(float(expected))
-    assert out["metrics"]["detection_accuracy_lo"] <= out["metrics"]["detection_accuracy"]
+    m = out["metrics"]
+    assert m["detection_accuracy"] == pytest.approx(float(expected))
+    assert m["detection_accuracy_lo"] <= m["detection_accuracy"]
+    # AUROC: the probability that an adversarial image scores above a clean one (ties count half)
+    s_clean, s_adv = 0.5 - tensors["confidence_clean_branch0"], 0.5 - tensors["confidence_adv_branch0"]
+    pairs = (s_adv[:, None] > s_clean[None, :]).float() + 0.5 * (s_adv[:, None] == s_clean[None, :]).float()
+    assert m["detection_auroc"] == pytest.approx(float(pairs.mean()))
+    assert m["detection_accuracy_oracle"] >= m["detection_accuracy"] - 1e-12  # the best threshold is at least as good
     assert out["metrics"]["BA"] == store.load_meta("evaluate", key)["metrics"]["BA"]  # detection changes nothing else
 
 

@@ -137,3 +137,41 @@ def test_feature_distortion_is_a_per_sample_mse():
     adv, clean = torch.ones(2, 3, 4, 4) * 2, torch.ones(2, 3, 4, 4)
     assert torch.allclose(feature_distortion(adv, clean, square=False), torch.ones(2))
     assert torch.allclose(feature_distortion(adv, clean, square=True), torch.full((2,), 9.0))
+
+
+def test_pap_noise_is_unclamped_when_crafting_is_unclamped():
+    prior = NoisePrior((0.4, 0.6), (0.5, 0.6), resample_every=20, generator=torch.Generator().manual_seed(0))
+    images = prior.sample(8, (3, 8, 8), clamp=False)
+    assert images.min() < 0 and images.max() > 1  # std 0.5: the reference's noise leaves [0, 1]
+
+
+# -- UAP: PAP's augmentation -----------------------------------------------------------
+def test_random_resized_crop_flip_is_seeded_and_keeps_shape_and_range():
+    from attacks.uap import random_resized_crop_flip
+
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = random_resized_crop_flip(x, torch.Generator().manual_seed(1))
+    b = random_resized_crop_flip(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert a.min() >= x.min() - 1e-6 and a.max() <= x.max() + 1e-6  # bilinear: no overshoot
+    assert not torch.equal(a, x)
+
+
+def test_random_resized_crop_of_the_whole_image_is_the_image_or_its_mirror():
+    from attacks.uap import random_resized_crop_flip
+
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = random_resized_crop_flip(x, torch.Generator().manual_seed(2), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    for o, i in zip(out, x):
+        assert torch.allclose(o, i, atol=1e-6) or torch.allclose(o, i.flip(-1), atol=1e-6)
+
+
+def test_crop_box_follows_torchvisions_rule():
+    from attacks.uap import _crop_box
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        top, left, h, w = _crop_box(32, 32, g, (0.08, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= top <= 32 - h and 0 <= left <= 32 - w
+        assert 0.08 * 1024 * 0.8 <= h * w <= 1024 and 3 / 4 * 0.8 <= w / h <= 4 / 3 * 1.25
+    assert _crop_box(8, 8, g, (2.0, 3.0), (1.0, 1.0)) == (0, 0, 8, 8)  # no try fits: the centre crop

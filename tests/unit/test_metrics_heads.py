@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from benchmark.heads import HeadParams, make_head, train_head
@@ -22,18 +23,31 @@ def test_wilson_interval_known_value():
 
 
 def test_head_architecture_matches_the_reference():
-    head = make_head(64, 7)
+    head = make_head(64, 7)  # NonLinearClassifier(feat_dim): hidden width = the feature dimension
     linears = [m for m in head if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(64, 512), (512, 512), (512, 7)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(64, 64), (64, 64), (64, 7)]
+    wide = [m for m in make_head(64, 7, HeadParams(hidden=512)) if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in wide] == [(64, 512), (512, 512), (512, 7)]
     assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in head)
 
 
 def test_head_training_is_deterministic_and_learns():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(300, 16, generator=g)
+    x = torch.randn(300, 64, generator=g)
     y = (x[:, 0] > 0).long()
-    p = HeadParams(epochs=5)
+    p = HeadParams(epochs=20)  # the reference's epochs; hidden width = the 64-d features'
     a, b = train_head(x, y, 2, p, seed=3), train_head(x, y, 2, p, seed=3)
     for ta, tb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(ta, tb)
     assert (a(x).argmax(1) == y).float().mean() > 0.9
+
+
+def test_batch_mean_accuracy_is_the_reference_mean_of_per_batch_accuracies():
+    from benchmark.metrics import batch_mean_accuracy
+
+    hits = torch.tensor([True] * 256 + [False] * 4)  # a full batch all right, a short one all wrong
+    assert batch_mean_accuracy(hits) == pytest.approx(0.5)  # the reference's figure
+    assert float(hits.float().mean()) == pytest.approx(256 / 260)  # every sample once
+    labels = torch.arange(10)
+    m = robustness_metrics(labels, labels, labels.flip(0))
+    assert m["BA_batch_mean"] == 1.0 and m["RA_batch_mean"] == pytest.approx(m["RA"])

@@ -1,5 +1,6 @@
-"""The hand-written SSL losses (SupCon, MoCo v3, ReSSL, VibCReg) and IterNorm against
-direct, loop-by-loop computations of their formulas on small tensors."""
+"""The hand-written SSL losses (SupCon, MoCo v3, ReSSL, VibCReg, NNCLR) and IterNorm against
+direct, loop-by-loop computations of their formulas on small tensors. (tests/fidelity
+compares them with solo-learn's code, transcribed.)"""
 
 from __future__ import annotations
 
@@ -18,19 +19,37 @@ from benchmark.encoders.ssl.vibcreg import decorrelation_term, variance_term, vi
 g = torch.Generator().manual_seed(0)
 
 
-def test_supcon_matches_its_formula():
+def test_supcon_matches_its_formulas():
     z = torch.randn(8, 5, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2])  # class 3 has a single sample: no positives, no term
     t = 0.2
     zn = F.normalize(z, dim=1)
-    terms = []
+    l_in, l_out = [], []
     for i in range(8):
         positives = [p for p in range(8) if p != i and labels[p] == labels[i]]
         if not positives:
             continue
         denom = sum(math.exp(float(zn[i] @ zn[a]) / t) for a in range(8) if a != i)
-        terms.append(-sum(math.log(math.exp(float(zn[i] @ zn[p]) / t) / denom) for p in positives) / len(positives))
-    assert supcon_loss(z, labels, t).item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+        l_out.append(-sum(math.log(math.exp(float(zn[i] @ zn[p]) / t) / denom) for p in positives) / len(positives))
+        l_in.append(-math.log(sum(math.exp(float(zn[i] @ zn[p]) / t) for p in positives) / denom))
+    assert supcon_loss(z, labels, t).item() == pytest.approx(sum(l_in) / len(l_in), rel=1e-9)  # solo-learn's
+    assert supcon_loss(z, labels, t, "paper-out").item() == pytest.approx(sum(l_out) / len(l_out), rel=1e-9)
+    z.requires_grad_(True)
+    (grad,) = torch.autograd.grad(supcon_loss(z, labels, t), z)
+    assert torch.isfinite(grad).all()  # the anchor without positives adds nothing, not NaN
+
+
+def test_nnclr_matches_its_formula():
+    from benchmark.encoders.ssl.nnclr import nnclr_loss
+
+    nn_, p = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+    t = 0.2
+    a, b = F.normalize(nn_, dim=1), F.normalize(p, dim=1)
+    direct = 0.0
+    for i in range(6):
+        logits = [float(a[i] @ b[j]) / t for j in range(6)]
+        direct += -(logits[i] - math.log(sum(math.exp(v) for v in logits)))
+    assert nnclr_loss(nn_, p, t).item() == pytest.approx(direct / 6, rel=1e-9)
 
 
 def test_mocov3_matches_its_formula():
@@ -97,8 +116,8 @@ def test_iternorm_whitens_each_group_and_uses_running_stats_in_eval():
         c, r = group - group.mean(0), raw - raw.mean(0)
         assert (r.T @ r / len(r) - torch.eye(4)).abs().max() > 1  # the input is far from white
         assert torch.allclose(c.T @ c / len(c), torch.eye(4), atol=1e-2)
-    with pytest.raises(ValueError, match="not divisible"):
-        IterNorm(10, num_groups=4)
+    odd = IterNorm(10, num_groups=4)  # solo-learn's grouping: ceil(10 / 4) = 3 channels, halved to divide 10
+    assert (odd.groups, odd.channels) == (10, 1)
     norm.eval()
     single = norm(x[:1])  # eval: one sample works, from running statistics
     assert single.shape == (1, 8) and torch.isfinite(single).all()

@@ -29,7 +29,10 @@ def test_confident_branch_dominates_rfdm_and_equal_is_the_mean():
     unsure = torch.tensor([[0.0, 0.4, 0.0]])
     assert ZePAD.fuse([sure, unsure, unsure], FUSION).argmax(1).item() == 0
     torch.testing.assert_close(ZePAD.fuse([sure, unsure], {"method": "equal"}), (sure + unsure) / 2)
-    assert ZePAD.fuse([sure, unsure, unsure], {"method": "entropy"}).argmax(1).item() == 0
+    assert ZePAD.fuse([sure, unsure, unsure], {"method": "inverse_entropy"}).argmax(1).item() == 0
+    # the released confidence.py weights by the entropy itself: the unsure branches dominate
+    # (Table S3's "entropy is worst")
+    assert ZePAD.fuse([sure, unsure, unsure], {"method": "entropy"}).argmax(1).item() == 1
 
 
 def test_detector_flags_when_mpae_is_more_confident_than_bmp_by_the_threshold():
@@ -37,6 +40,7 @@ def test_detector_flags_when_mpae_is_more_confident_than_bmp_by_the_threshold():
     bmp = torch.tensor([0.6, 0.5, 0.55])
     flagged = ZePAD.detect([mpae_a, mpae_b, bmp], FUSION)
     assert flagged.tolist() == [True, False, False]  # 0.8-0.6 > 0.1; 0.0; 0.05
+    torch.testing.assert_close(ZePAD.detection_score([mpae_a, mpae_b, bmp], FUSION), torch.tensor([0.2, 0.0, 0.05]))
     assert ZePAD.detect([mpae_a], {"method": "rfdm", "mpae": [0], "bmp": None}) is None
 
 
@@ -47,12 +51,37 @@ def _byol_partner() -> str:
 
 
 @pytest.mark.parametrize("victim_method, partner", [("simclr", "byol"), ("byol", _byol_partner())])
-def test_partners_and_bmp_encoder(victim_method, partner):
-    victim = EncoderSpec(method=victim_method, dataset="cifar10", width=16, params={"epochs": 30, "temperature": 0.2})
-    extra = ZePAD.auxiliary_encoders(ZePAD.Params(), victim, "gtsrb")
-    assert [(a.spec.method, a.spec.dataset, a.public) for a in extra] == [(partner, "cifar10", True), ("simclr", "gtsrb", False)]
+def test_fallback_partners_and_bmp_encoder_without_the_released_data(victim_method, partner):
+    """No `imagenet100` / `cifar10` in the grid: the paper's partner on the victim's D_p and
+    the defender's own SimCLR on D_f."""
+    victim = EncoderSpec(method=victim_method, dataset="cifar10-subset", width=16, params={"epochs": 30, "temperature": 0.2})
+    extra = ZePAD.auxiliary_encoders(ZePAD.Params(), victim, "gtsrb", datasets={"cifar10-subset", "gtsrb"})
+    assert [(a.spec.method, a.spec.dataset, a.public) for a in extra] == [(partner, "cifar10-subset", True),
+                                                                          ("simclr", "gtsrb", False)]
     assert extra[0].spec.width == 16 and extra[0].spec.params == {"epochs": 30}  # shares sizes, not hyper-parameters
     assert extra[1].seed_offset == 1  # the defender's own run, not a copy of the victim
+
+
+def test_released_sources_where_the_grid_has_their_data():
+    """The released code: BYOL pre-trained on ImageNet-100 for every victim; the public
+    SimCLR-CIFAR10 encoder as BMP, which for a SimCLR-CIFAR10 victim is the victim itself."""
+    victim = EncoderSpec(method="simclr", dataset="cifar10", width=16, params={"epochs": 30})
+    extra = ZePAD.auxiliary_encoders(ZePAD.Params(), victim, "stl10", datasets={"cifar10", "stl10", "imagenet100"})
+    assert [(a.spec.method, a.spec.dataset, a.public) for a in extra] == [("byol", "imagenet100", True),
+                                                                          ("simclr", "cifar10", False)]
+    assert extra[1].seed_offset == 0 and extra[1].spec == victim.model_copy(update={"name": "simclr-cifar10"})
+
+
+def test_explicit_sources_take_any_encoder_spec_and_reject_bad_ones():
+    from benchmark.errors import ConfigError
+
+    victim = EncoderSpec(method="simclr", dataset="cifar10", width=16)
+    params = ZePAD.Params(partners=[{"checkpoint": "ckpts/byol-imagenet100.ckpt"}], bmp={"method": "simclr", "dataset": "svhn"})
+    partner, bmp = ZePAD.auxiliary_encoders(params, victim, "svhn")
+    assert partner.spec.checkpoint == "ckpts/byol-imagenet100.ckpt" and partner.spec.width == 16 and partner.public
+    assert (bmp.spec.method, bmp.spec.dataset, bmp.public) == ("simclr", "svhn", False)
+    with pytest.raises(ConfigError, match="invalid encoder spec in `bmp`"):
+        ZePAD.auxiliary_encoders(ZePAD.Params(bmp={"method": "simclr"}), victim, "svhn")
 
 
 def test_ablation_switches_drop_branches():

@@ -6,11 +6,12 @@ A method is an `nn.Module` holding the encoder being trained plus its heads
 `training_loss(view1, view2)` and, if it has momentum parts, `after_step(progress)`.
 A method that needs more says so: `uses_labels = True` (SupCon) adds `labels=`,
 `params.local_crops > 0` (multi-crop SwAV / DINO) adds `local_views=[...]`, and
-`before_optimizer_step(epoch)` may edit gradients (frozen prototypes).
-The base owns the optimiser (LARS / SGD / Adam, warm-up + cosine), the two-view
-augmentation, seeding, optional bf16 autocast and channels_last, and progress.
-The `paper` profile of each method is solo-learn's published CIFAR config; the
-`tiny` profile is a few epochs of a narrow ResNet for CPU runs.
+`before_optimizer_step()` may edit gradients (frozen prototypes).
+The base owns what solo-learn's `BaseMethod` owns: the optimiser (solo-learn's LARS,
+SGD or Adam; lr scaled by batch / 256), the per-step linear warm-up + cosine, the
+two-view augmentation, seeding, optional bf16 autocast and channels_last.
+The `paper` profile of each method is solo-learn's CIFAR config; the `tiny` profile
+is a few epochs of a narrow ResNet for CPU runs. Step by step: docs/FIDELITY.md#ssl-<method>.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ class SSLParams(Params):
     weight_decay: float = Field(1e-5, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     warmup_epochs: int = Field(10, ge=0)
+    warmup_start_lr: float = Field(3e-5, ge=0, description="lr of the first warm-up step (solo-learn's default; "
+                                                            "not scaled with the batch, as there)")
+    min_lr: float = Field(0.0, ge=0, description="lr at the end of the cosine")
+    lars_eta: float = Field(0.02, gt=0, description="LARS trust coefficient (solo-learn's CIFAR configs: 0.02)")
+    lars_clip_lr: bool = Field(True, description="LARS: cap the layer-wise lr at the global lr (solo-learn's clip_lr)")
+    lars_exclude_bias_n_norm: bool = Field(True, description="LARS: 1-d parameters (biases, norms) skip the "
+                                                             "adaptation and the weight decay, as solo-learn's LARS")
     proj_hidden_dim: int = Field(2048, ge=1)
     proj_output_dim: int = Field(256, ge=1)
     augment: AugmentParams = Field(default_factory=AugmentParams)
@@ -98,7 +106,59 @@ class SSLMethod(nn.Module, Configurable):
         """Called between backward and the optimiser step (e.g. to drop frozen layers' gradients)."""
 
     def after_step(self, progress: float) -> None:
-        """Called after each optimiser step with progress in [0, 1] (momentum updates)."""
+        """Called after each optimiser step with progress = (steps before it) / total, in [0, 1)
+        (momentum updates: the first update uses the base tau, as solo-learn)."""
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with layer-wise adaptive rates, as solo-learn's `solo/utils/lars.py` defines it.
+
+    lightly's LARS differs (no `clip_lr`, no bias/norm exclusion), so the update solo-learn's
+    recipes were tuned for is re-implemented: for a parameter p with gradient g,
+    local = eta * |p| / (|g| + wd * |p| + eps), capped at 1 (as a fraction of lr) with
+    `clip_lr`; d = local * (g + wd * p); then heavy-ball momentum and p -= lr * v.
+    With `exclude_bias_n_norm`, 1-d parameters take plain SGD on g (no decay, no scaling)."""
+
+    def __init__(self, params: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, eta: float = 1e-3,
+                 eps: float = 1e-8, clip_lr: bool = False, exclude_bias_n_norm: bool = False) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps, clip_lr=clip_lr,
+                        exclude_bias_n_norm=exclude_bias_n_norm)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _direction(p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        """The gradient after the layer-wise scaling and weight decay (before momentum)."""
+        g, wd = p.grad, group["weight_decay"]
+        if p.ndim == 1 and group["exclude_bias_n_norm"]:
+            return g
+        p_norm, g_norm = torch.norm(p), torch.norm(g)
+        if p_norm == 0 or g_norm == 0:
+            return g
+        local = group["eta"] * p_norm / (g_norm + p_norm * wd + group["eps"])
+        if group["clip_lr"]:
+            local = torch.clamp(local / group["lr"], max=1.0)
+        return (g + wd * p) * local
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = self._direction(p, group)
+                if group["momentum"]:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = d.clone()
+                    else:
+                        state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                    d = state["momentum_buffer"]
+                p.add_(d, alpha=-group["lr"])
+        return loss
 
 
 def _optimizer(params: SSLParams, module: nn.Module) -> torch.optim.Optimizer:
@@ -108,16 +168,24 @@ def _optimizer(params: SSLParams, module: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(trainable, lr=lr, weight_decay=params.weight_decay)
     if params.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
-    from lightly.utils.lars import LARS
+    return LARS(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay, eta=params.lars_eta,
+                clip_lr=params.lars_clip_lr, exclude_bias_n_norm=params.lars_exclude_bias_n_norm)
 
-    return LARS(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
 
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
+def warmup_cosine_lr(step: int, warmup: int, total: int, base: float, start: float, min_lr: float = 0.0) -> float:
+    """The closed form of LinearWarmupCosineAnnealingLR (pl_bolts; solo-learn's copy): linear from
+    `start` at step 0 to `base` at step warmup - 1, then cosine from `base` at step `warmup`
+    to `min_lr` at step `total`. Without warm-up the cosine starts at `base`."""
+    if step < warmup:
+        return start + step * (base - start) / max(1, warmup - 1)
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def momentum_tau(progress: float, base: float, final: float) -> float:
+    """solo-learn's MomentumUpdater: tau = final - (final - base) (cos(pi progress) + 1) / 2, where
+    progress is the number of optimiser steps before the current one over the total."""
+    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
 def pretrain(
@@ -138,7 +206,10 @@ def pretrain(
     steps_per_epoch = max(1, len(x_train) // batch_size)
     total = steps_per_epoch * params.epochs
     opt = _optimizer(params, model)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, params.warmup_epochs * steps_per_epoch))
+    base_lr = params.lr * params.batch_size / 256
+    start_lr = params.warmup_start_lr if params.warmup_epochs else base_lr
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine_lr(
+        s, params.warmup_epochs * steps_per_epoch, total, base_lr, start_lr, params.min_lr) / base_lr)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=params.amp)
     history: list[float] = []
     step, started = 0, time.perf_counter()
@@ -165,8 +236,8 @@ def pretrain(
             model.before_optimizer_step()
             opt.step()
             sched.step()
+            model.after_step(step / total)  # steps before this one: solo-learn's momentum schedule
             step += 1
-            model.after_step(step / total)
             total_loss += float(loss.detach())
         history.append(total_loss / steps_per_epoch)
     encoder.eval()

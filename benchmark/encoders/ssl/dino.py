@@ -1,26 +1,23 @@
 """DINO (Caron et al., ICCV 2021): self-distillation; the student's prototype
 distribution matches a centred, sharpened momentum teacher's.
 
-lightly's `DINOProjectionHead` and `DINOLoss` (centring, teacher temperature warm-up).
-The teacher sees the two global views; the student also sees `local_crops` small
-views when multi-crop is on (solo-learn's CIFAR config uses none).
-solo-learn CIFAR config: head 2048 -> bottleneck 256 -> 4096 prototypes, student
-temperature 0.1, teacher 0.04 -> 0.07 over 50 epochs, last layer frozen for the
-first epoch, tau 0.9995 -> 1.0, LARS lr 0.3, wd 1e-6, batch 256, 1000 epochs,
-asymmetric augmentations.
+Why lightly: `DINOProjectionHead` is solo-learn's `DINOHead` (3 GELU layers, no BN,
+weight-normalised prototypes) and `DINOLoss` is solo-learn's `DINOLoss` (same teacher
+temperature schedule, cross-view terms, centre update); tests/fidelity checks the loss.
+The teacher sees the two global views; the student also sees `local_crops` small views
+when multi-crop is on (solo-learn's CIFAR config uses none). Recipe and deviations:
+docs/FIDELITY.md#ssl-dino.
 """
 
 from __future__ import annotations
 
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.utils.scheduler import cosine_schedule
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import MomentumPair, full_precision
-from benchmark.encoders.ssl.nnclr import asymmetric_second_view
+from benchmark.encoders.ssl.augment import AugmentParams, asymmetric_second_view
+from benchmark.encoders.ssl.base import SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
+from benchmark.encoders.ssl.heads import MomentumPair, fp32, full_precision
 
 
 class DINOParams(SSLParams):
@@ -32,7 +29,8 @@ class DINOParams(SSLParams):
     student_temperature: float = Field(0.1, gt=0)
     teacher_temperature: float = Field(0.07, gt=0)
     warmup_teacher_temperature: float = Field(0.04, gt=0)
-    warmup_teacher_temperature_epochs: int = Field(50, ge=0)
+    warmup_teacher_temperature_epochs: int = Field(0, ge=0, description="epochs of linear teacher-temperature "
+                                                   "warm-up (solo-learn's CIFAR config: none, the default 0)")
     freeze_last_layer_epochs: int = Field(1, ge=0)
     base_tau: float = Field(0.9995, ge=0, le=1)
     final_tau: float = Field(1.0, ge=0, le=1)
@@ -42,6 +40,7 @@ class DINOParams(SSLParams):
 @register_ssl_method("dino")
 class DINO(SSLMethod):
     Params = DINOParams
+    version = 2  # 2: no teacher-temperature warm-up in `paper` (solo-learn), LARS / schedules
     # 120 epochs with DINO's 10-epoch lr warm-up: shorter schedules sit in the uniform-teacher
     # state (loss ln(1024)) and stay under +10 kNN points on the CIFAR-10 subset (results/README.md)
     profiles = {"tiny": tiny(num_prototypes=1024, warmup_teacher_temperature_epochs=5, base_tau=0.99,
@@ -62,8 +61,8 @@ class DINO(SSLMethod):
                                   student_temp=params.student_temperature)
 
     def training_loss(self, view1, view2, local_views=()):
-        teacher = [self.teacher(view1).float(), self.teacher(view2).float()]
-        student = [self.head(self.encoder(v)).float() for v in (view1, view2, *local_views)]
+        teacher = [fp32(self.teacher(view1)), fp32(self.teacher(view2))]
+        student = [fp32(self.head(self.encoder(v))) for v in (view1, view2, *local_views)]
         with full_precision(view1):
             return self.criterion(teacher, student, epoch=self.epoch)
 
@@ -73,4 +72,4 @@ class DINO(SSLMethod):
     def after_step(self, progress: float) -> None:
         p = self.params
         self.teacher.follow(self.encoder, self.head,
-                            cosine_schedule(int(progress * 10_000), 10_000, p.base_tau, p.final_tau))
+                            momentum_tau(progress, p.base_tau, p.final_tau))

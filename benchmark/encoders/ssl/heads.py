@@ -1,8 +1,8 @@
 """Small building blocks shared by several recipes: MLP heads, momentum pairs, IterNorm.
 
-lightly has most heads; these are the shapes solo-learn uses that lightly does not
-(BN-free MoCo v2+ / SupCon projector, MoCo v3's BN'd projector and predictor, VibCReg's
-GELU projector ending in IterNorm)."""
+Why here: lightly has most heads, not the shapes solo-learn uses for MoCo v2+ / SupCon /
+ReSSL / SimCLR (BN-free), MoCo v3 (bias-free, BN'd) and VibCReg (GELU, IterNorm); the
+per-recipe comparison is in docs/FIDELITY.md#ssl-<method>."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from torch import nn
 
 
 def mlp(dims: list[int], batch_norm: bool = True, activation: type[nn.Module] = nn.ReLU,
-        last_batch_norm: bool = False) -> nn.Sequential:
-    """Linear layers dims[0] -> ... -> dims[-1], BN + activation between them."""
+        last_batch_norm: bool = False, bias: bool = True) -> nn.Sequential:
+    """Linear layers dims[0] -> ... -> dims[-1], BN + activation between them. A linear
+    followed by BN has no bias (BN cancels it); `bias=False` drops every bias (MoCo v3)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         last = i == len(dims) - 2
-        layers.append(nn.Linear(a, b, bias=not (batch_norm and not last)))
+        layers.append(nn.Linear(a, b, bias=bias and not (batch_norm and not last)))
         if not last:
             if batch_norm:
                 layers.append(nn.BatchNorm1d(b))
@@ -31,8 +32,13 @@ def mlp(dims: list[int], batch_norm: bool = True, activation: type[nn.Module] = 
 
 def full_precision(like: torch.Tensor):
     """Turn bf16 autocast off for a loss: softmaxes at temperature 0.04, Sinkhorn and
-    Cholesky / Newton whitening lose too much in bf16. Inputs must be cast with .float()."""
+    Cholesky / Newton whitening lose too much in bf16. Inputs must be cast with `fp32`."""
     return torch.autocast(like.device.type, enabled=False)
+
+
+def fp32(x: torch.Tensor) -> torch.Tensor:
+    """At least float32: half precision is upcast, float64 stays (the fidelity tests run in it)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 class MomentumPair(nn.Module):
@@ -60,24 +66,34 @@ class MomentumPair(nn.Module):
         update_momentum(projector, self.projector, m=tau)
 
 
+def iternorm_groups(dim: int, num_groups: int) -> tuple[int, int]:
+    """solo-learn's IterNorm grouping: ceil(dim / num_groups) channels per group, halved
+    until it divides dim; returns (groups, channels)."""
+    channels = (dim - 1) // num_groups + 1
+    while dim % channels:
+        channels //= 2
+    return dim // channels, channels
+
+
 class IterNorm(nn.Module):
     """Iterative whitening (Huang et al., CVPR 2019), as VibCReg's projector ends with.
 
-    Features are split into `num_groups` groups; each group is centred and whitened
-    by Newton's iterations for Sigma^{-1/2} (T steps on the trace-normalised
-    covariance), so no eigendecomposition is needed. Running mean / whitening
-    matrix serve eval mode, as in batch norm."""
+    Features are split into groups; each group is centred and whitened by Newton's
+    iterations for Sigma^{-1/2} (T steps on the trace-normalised covariance), so no
+    eigendecomposition is needed, then a learnable per-feature scale and shift (`affine`,
+    as solo-learn's layer). Running mean / whitening matrix serve eval mode, as in batch
+    norm. Autograd differentiates the iterations; solo-learn hand-writes that backward
+    (tests/fidelity compares the two)."""
 
     def __init__(self, dim: int, num_groups: int = 64, iterations: int = 5, eps: float = 1e-5,
-                 momentum: float = 0.1) -> None:
+                 momentum: float = 0.1, affine: bool = True) -> None:
         super().__init__()
-        num_groups = min(num_groups, dim)
-        if dim % num_groups:
-            raise ValueError(f"IterNorm: dim {dim} is not divisible by num_groups {num_groups}")
-        self.groups, self.channels = num_groups, dim // num_groups
+        self.groups, self.channels = iternorm_groups(dim, num_groups)
         self.iterations, self.eps, self.momentum = iterations, eps, momentum
-        self.register_buffer("running_mean", torch.zeros(num_groups, self.channels, 1))
-        self.register_buffer("running_wm", torch.eye(self.channels).expand(num_groups, -1, -1).clone())
+        self.register_buffer("running_mean", torch.zeros(self.groups, self.channels, 1))
+        self.register_buffer("running_wm", torch.eye(self.channels).expand(self.groups, -1, -1).clone())
+        self.weight = nn.Parameter(torch.ones(1, dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(1, dim)) if affine else None
 
     def whitening_matrix(self, xc: torch.Tensor) -> torch.Tensor:
         """xc: centred (groups, channels, N) -> (groups, channels, channels) ~ Sigma^{-1/2}."""
@@ -93,14 +109,18 @@ class IterNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        xg = x.float().T.reshape(self.groups, self.channels, -1)
+        x = fp32(x)
+        xg = x.T.reshape(self.groups, self.channels, -1)
         if self.training:
             mean = xg.mean(-1, keepdim=True)
             xc = xg - mean
             wm = self.whitening_matrix(xc)
             with torch.no_grad():
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_wm.lerp_(wm, self.momentum)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                self.running_wm.lerp_(wm.to(self.running_wm.dtype), self.momentum)
         else:
             xc, wm = xg - self.running_mean, self.running_wm
-        return (wm @ xc).reshape(-1, x.shape[0]).T.to(dtype)
+        out = (wm @ xc).reshape(-1, x.shape[0]).T
+        if self.weight is not None:
+            out = out * self.weight + self.bias
+        return out.to(dtype)

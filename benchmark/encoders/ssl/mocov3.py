@@ -1,29 +1,26 @@
 """MoCo v3 (Chen, Xie & He, ICCV 2021): predictor on the query branch, in-batch
 contrastive loss against momentum keys, no queue.
 
-loss(q, k) = CE(q_n . k_n^T / T, diagonal) * 2T  (both L2-normalised; the 2T factor
-is the reference code's), summed over the two view orders.
-solo-learn CIFAR config: projector 4096-256 and predictor 4096 with BN, temperature
-0.2, tau 0.99 -> 1.0, LARS lr 0.3, wd 1e-6, batch 256, 1000 epochs, asymmetric
-augmentations.
+Why hand-written: lightly has no MoCo v3 loss with the reference's 2T factor.
+loss(q, k) = CE(q_n . k_n^T / T, diagonal) * 2T (both L2-normalised), summed over the
+two view orders, as solo-learn's `mocov3_loss_func`; heads are solo-learn's bias-free
+ResNet MLPs. Recipe and deviations: docs/FIDELITY.md#ssl-mocov3.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightly.utils.scheduler import cosine_schedule
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import MomentumPair, full_precision, mlp
-from benchmark.encoders.ssl.nnclr import asymmetric_second_view
+from benchmark.encoders.ssl.augment import AugmentParams, asymmetric_second_view
+from benchmark.encoders.ssl.base import SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
+from benchmark.encoders.ssl.heads import MomentumPair, fp32, full_precision, mlp
 
 
 def mocov3_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
     """Each query's positive is the key of the same image; the other keys are negatives."""
-    q, k = F.normalize(query.float(), dim=1), F.normalize(key.float(), dim=1)
+    q, k = F.normalize(fp32(query), dim=1), F.normalize(fp32(key), dim=1)
     logits = q @ k.T / temperature
     return F.cross_entropy(logits, torch.arange(len(q), device=q.device)) * (2 * temperature)
 
@@ -43,13 +40,14 @@ class MoCoV3Params(SSLParams):
 @register_ssl_method("mocov3")
 class MoCoV3(SSLMethod):
     Params = MoCoV3Params
+    version = 2  # 2: bias-free predictor output layer (solo-learn), LARS / schedules
     profiles = {"tiny": tiny(pred_hidden_dim=512, base_tau=0.98)}
 
     def __init__(self, encoder, params: MoCoV3Params) -> None:
         super().__init__(encoder, params)
         d, h, o = encoder.feature_dim, params.proj_hidden_dim, params.proj_output_dim
-        self.projector = mlp([d, h, o], last_batch_norm=True)
-        self.predictor = mlp([o, params.pred_hidden_dim, o])
+        self.projector = mlp([d, h, o], last_batch_norm=True, bias=False)
+        self.predictor = mlp([o, params.pred_hidden_dim, o], bias=False)
         self.momentum = MomentumPair(encoder, self.projector)
 
     def training_loss(self, view1, view2):
@@ -62,5 +60,4 @@ class MoCoV3(SSLMethod):
 
     def after_step(self, progress: float) -> None:
         p = self.params
-        self.momentum.follow(self.encoder, self.projector,
-                             cosine_schedule(int(progress * 10_000), 10_000, p.base_tau, p.final_tau))
+        self.momentum.follow(self.encoder, self.projector, momentum_tau(progress, p.base_tau, p.final_tau))

@@ -1,25 +1,32 @@
 """NNCLR (Dwibedi et al., ICCV 2021): the positive is the nearest neighbour of the
 other view's projection in a support queue.
 
-Uses lightly's `NNMemoryBankModule` (the queue) and `NTXentLoss`; symmetric loss.
-solo-learn CIFAR config: projector 2048-256 (3 layers), predictor 4096, temperature
-0.2, queue 65536, LARS lr 0.4, wd 1e-5, batch 256, 1000 epochs, asymmetric
-augmentations (solarisation on the second view).
+Why hand-written: solo-learn's `nnclr_loss_func` contrasts each neighbour nn_i with the
+other view's predictions p_j only (cross-entropy over the rows of nn . p^T / T), while
+lightly's symmetric NT-Xent would add nn-nn and p-p negatives and the reverse direction.
+The queue (lightly's `NNMemoryBankModule`) receives view 1's normalised projections after
+both neighbour look-ups, as solo-learn. Recipe and deviations: docs/FIDELITY.md#ssl-nnclr.
 """
 
 from __future__ import annotations
 
-from lightly.loss import NTXentLoss
+import torch
+import torch.nn.functional as F
 from lightly.models.modules import NNCLRPredictionHead, NNCLRProjectionHead, NNMemoryBankModule
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams
+from benchmark.encoders.ssl.augment import AugmentParams, asymmetric_second_view
 from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
+from benchmark.encoders.ssl.heads import fp32, full_precision
+
+__all__ = ["NNCLR", "NNCLRParams", "asymmetric_second_view", "nnclr_loss"]
 
 
-def asymmetric_second_view() -> AugmentParams:
-    """solo-learn's `asymmetric.yaml`: the second view is also solarised (p 0.2)."""
-    return AugmentParams(solarize_prob=0.2)
+def nnclr_loss(nn: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of normalised nn_i . p_j / T with the same image as the target class."""
+    nn, p = F.normalize(fp32(nn), dim=-1), F.normalize(fp32(p), dim=-1)
+    logits = nn @ p.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(nn), device=nn.device))
 
 
 class NNCLRParams(SSLParams):
@@ -34,6 +41,7 @@ class NNCLRParams(SSLParams):
 @register_ssl_method("nnclr")
 class NNCLR(SSLMethod):
     Params = NNCLRParams
+    version = 2  # 2: solo-learn's one-directional nn-vs-p loss; view 1 enqueued; LARS / schedules
     # 30 epochs: the nearest-neighbour positives are only as good as the queue's
     # features, which start random (15 epochs: +9.7 kNN points over random init on the
     # CIFAR-10 subset, 30: +14.6; results/measured/2026-11-22-zoo-longer-tiny)
@@ -44,11 +52,12 @@ class NNCLR(SSLMethod):
         self.projector = NNCLRProjectionHead(encoder.feature_dim, params.proj_hidden_dim, params.proj_output_dim)
         self.predictor = NNCLRPredictionHead(params.proj_output_dim, params.pred_hidden_dim, params.proj_output_dim)
         self.support = NNMemoryBankModule(size=(params.queue_size, params.proj_output_dim))
-        self.criterion = NTXentLoss(temperature=params.temperature)
 
     def training_loss(self, view1, view2):
         z1, z2 = self.projector(self.encoder(view1)), self.projector(self.encoder(view2))
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        nn1 = self.support(z1.detach().float(), update=False)
-        nn2 = self.support(z2.detach().float(), update=True)  # one enqueue per step
-        return 0.5 * (self.criterion(nn1, p2) + self.criterion(nn2, p1))
+        with full_precision(p1):
+            z1n, z2n = F.normalize(fp32(z1.detach()), dim=-1), F.normalize(fp32(z2.detach()), dim=-1)
+            nn2 = self.support(z2n, update=False)
+            nn1 = self.support(z1n, update=True)  # looked up before the enqueue, as nn2
+            return 0.5 * (nnclr_loss(nn1, p2, self.params.temperature) + nnclr_loss(nn2, p1, self.params.temperature))

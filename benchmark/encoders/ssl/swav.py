@@ -2,11 +2,11 @@
 assignments. Each view's prototype scores predict the other view's Sinkhorn-Knopp
 codes; a queue of past projections stabilises the codes for small batches.
 
-lightly's `SwaVProjectionHead`, `SwaVPrototypes` and `SwaVLoss` (Sinkhorn); the
-queue, prototype normalisation and freezing are here.
-solo-learn CIFAR config: projector 2048-128, 3000 prototypes, temperature 0.1,
-Sinkhorn 3 iterations at epsilon 0.05, queue 3840 from epoch 50, prototypes frozen
-for 2 epochs, LARS lr 0.6, wd 1e-6, batch 256, 1000 epochs.
+Why these parts: lightly's `SwaVProjectionHead` and `SwaVLoss` (Sinkhorn) match
+solo-learn's projector and `swav_loss_func` + `SinkhornKnopp` (tests/fidelity); the
+prototypes are solo-learn's weight-normalised, bias-free linear layer (lightly's has a
+bias), and the queue follows solo-learn: filled from the first step, used from
+`epoch_queue_starts`. Recipe and deviations: docs/FIDELITY.md#ssl-swav.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightly.loss import SwaVLoss
-from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+from lightly.models.modules import SwaVProjectionHead
 from pydantic import Field
+from torch import nn
 
+from benchmark.encoders.ssl.augment import AugmentParams, symmetric
 from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import full_precision
+from benchmark.encoders.ssl.heads import fp32, full_precision
 
 
 class SwAVParams(SSLParams):
@@ -33,11 +35,23 @@ class SwAVParams(SSLParams):
     queue_size: int = Field(3840, ge=0, description="0 = no queue")
     epoch_queue_starts: int = Field(50, ge=0)
     freeze_prototypes_epochs: int = Field(2, ge=0)
+    augment: AugmentParams = Field(default_factory=symmetric)
+
+
+def prototypes_layer(dim: int, num_prototypes: int) -> nn.Linear:
+    """Linear(dim, K, bias=False) weight-normalised with its norm fixed at 1: scores are
+    cosines with unit prototypes, and gradients flow through the normalisation (solo-learn)."""
+    layer = nn.utils.parametrizations.weight_norm(nn.Linear(dim, num_prototypes, bias=False))
+    with torch.no_grad():
+        layer.parametrizations.weight.original0.fill_(1.0)
+    layer.parametrizations.weight.original0.requires_grad_(False)
+    return layer
 
 
 @register_ssl_method("swav")
 class SwAV(SSLMethod):
     Params = SwAVParams
+    version = 2  # 2: bias-free weight-normalised prototypes, solo-learn's queue timing, symmetric.yaml views
     # 80 epochs (15: +2.3 kNN points over random init on the CIFAR-10 subset, 40: +8.2,
     # 80: +10.4; results/measured/2026-11-22-zoo-longer-tiny)
     profiles = {"tiny": tiny(num_prototypes=300, queue_size=0, freeze_prototypes_epochs=1, epochs=80)}
@@ -45,18 +59,16 @@ class SwAV(SSLMethod):
     def __init__(self, encoder, params: SwAVParams) -> None:
         super().__init__(encoder, params)
         self.projector = SwaVProjectionHead(encoder.feature_dim, params.proj_hidden_dim, params.proj_output_dim)
-        self.prototypes = SwaVPrototypes(params.proj_output_dim, params.num_prototypes)
+        self.prototypes = prototypes_layer(params.proj_output_dim, params.num_prototypes)
         self.criterion = SwaVLoss(temperature=params.temperature, sinkhorn_iterations=params.sinkhorn_iterations,
                                   sinkhorn_epsilon=params.sinkhorn_epsilon)
-        # Past projections of the two global views; rows of zeros are "not yet filled".
+        # Past normalised projections of the two global views, newest first; zeros until filled.
         self.register_buffer("queue", torch.zeros(2, params.queue_size, params.proj_output_dim))
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projector(self.encoder(x)).float(), dim=1)
+        return F.normalize(fp32(self.projector(self.encoder(x))), dim=1)
 
     def training_loss(self, view1, view2, local_views=()):
-        with torch.no_grad():
-            self.prototypes.normalize()
         z = [self._project(v) for v in (view1, view2)]
         local_z = [self._project(v) for v in local_views]
         with full_precision(view1):  # prototype scores feed Sinkhorn's exp(score / 0.05)
@@ -64,11 +76,12 @@ class SwAV(SSLMethod):
             local_scores = [self.prototypes(zi) for zi in local_z]
             queue_scores = None
             if self.params.queue_size and self.epoch >= self.params.epoch_queue_starts:
-                if self.queue[:, -1].abs().sum() > 0:  # full: every slot has a past projection
-                    with torch.no_grad():
-                        queue_scores = [self.prototypes(self.queue[i]) for i in range(2)]
-                self._enqueue(z)
-            return self.criterion(scores, local_scores, queue_outputs=queue_scores)
+                with torch.no_grad():  # (rows not yet filled are zeros and score 0, as in solo-learn)
+                    queue_scores = [self.prototypes(self.queue[i]) for i in range(2)]
+            loss = self.criterion(scores, local_scores, queue_outputs=queue_scores).squeeze()
+        if self.params.queue_size:
+            self._enqueue(z)
+        return loss
 
     @torch.no_grad()
     def _enqueue(self, z: list[torch.Tensor]) -> None:

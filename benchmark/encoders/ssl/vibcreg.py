@@ -1,13 +1,11 @@
 """VibCReg (Lee & Aune, 2021): VICReg with a whitening projector (IterNorm) and a
-normalised covariance term (feature decorrelation), both hand-written here.
+normalised covariance term (feature decorrelation).
 
-L = w_sim * MSE(z1, z2) + w_var * sum_v mean_d relu(1 - sqrt(Var(z_v[:, d]) + 1e-4))
-    + w_cov * sum_v mean_{d != e} C_v[d, e]^2,
-where C_v is the covariance of z_v after centring and L2-normalising each feature
-over the batch (a correlation matrix), its diagonal set to 0.
-solo-learn CIFAR config: projector 2048-2048 (GELU) ending in IterNorm (64 groups, 5
-iterations), weights 25 / 25 / 200, LARS lr 0.3, wd 1e-4, batch 256, 1000 epochs;
-crops from 0.2, solarisation 0.1.
+Why hand-written: lightly has neither; the loss is solo-learn's `vibcreg_loss_func`,
+L = w_sim MSE(z1, z2) + w_var sum_v mean_d relu(1 - sqrt(Var(z_v[:, d]) + 1e-4))
+    + w_cov sum_v mean_{d, e} C_v[d, e]^2 (C_v: correlation matrix, diagonal zeroed),
+and the projector ends in solo-learn's IterNorm (with its affine scale and shift).
+Recipe and deviations: docs/FIDELITY.md#ssl-vibcreg.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from torch import nn
 
 from benchmark.encoders.ssl.augment import AugmentParams
 from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import IterNorm, full_precision, mlp
+from benchmark.encoders.ssl.heads import IterNorm, fp32, full_precision, mlp
 
 
 def variance_term(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -35,7 +33,7 @@ def decorrelation_term(z: torch.Tensor) -> torch.Tensor:
 
 def vibcreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
                  cov_weight: float = 200.0) -> torch.Tensor:
-    z1, z2 = z1.float(), z2.float()
+    z1, z2 = fp32(z1), fp32(z2)
     return (sim_weight * F.mse_loss(z1, z2)
             + var_weight * (variance_term(z1) + variance_term(z2))
             + cov_weight * (decorrelation_term(z1) + decorrelation_term(z2)))
@@ -53,6 +51,7 @@ class VibCRegParams(SSLParams):
     sim_loss_weight: float = Field(25.0, ge=0)
     var_loss_weight: float = Field(25.0, ge=0)
     cov_loss_weight: float = Field(200.0, ge=0)
+    lars_clip_lr: bool = Field(False, description="solo-learn's VibCReg config leaves LARS's clip_lr off")
     iternorm: bool = True
     iternorm_groups: int = Field(64, ge=1)
     iternorm_iterations: int = Field(5, ge=1)
@@ -62,6 +61,7 @@ class VibCRegParams(SSLParams):
 @register_ssl_method("vibcreg")
 class VibCReg(SSLMethod):
     Params = VibCRegParams
+    version = 2  # 2: IterNorm with solo-learn's affine scale / shift, LARS without clip_lr, schedules
     profiles = {"tiny": tiny(proj_output_dim=512)}
 
     def __init__(self, encoder, params: VibCRegParams) -> None:
@@ -77,5 +77,5 @@ class VibCReg(SSLMethod):
         p = self.params
         h1, h2 = self.projector[0](self.encoder(view1)), self.projector[0](self.encoder(view2))
         with full_precision(h1):  # IterNorm's Newton iterations and the loss in float32
-            z1, z2 = self.projector[1](h1.float()), self.projector[1](h2.float())
+            z1, z2 = self.projector[1](fp32(h1)), self.projector[1](fp32(h2))
             return vibcreg_loss(z1, z2, p.sim_loss_weight, p.var_loss_weight, p.cov_loss_weight)
