@@ -221,14 +221,22 @@ def test_trades_loss_is_the_references_step_for_step(clamp_start):
     options = {"clamp_start": clamp_start} if clamp_start else {}  # None: the defaults must be the reference's
     defense = TRADES(TRADES.resolve_params("paper", {"steps": 4, **options}))
     p = defense.params
+    reference = lambda model, x_ref: ref_trades_loss(model, x_ref, y, p.step_size, p.eps, p.steps, p.beta)  # noqa: E731
+    # nat, adv, nat: three BN updates; with the option, the first gradient moves off the reference's point
+    assert_step_matches(defense, encoder, head, x, y, reference, expect_equal=not clamp_start)
+
+
+def assert_step_matches(defense, encoder, head, x, y, reference, expect_equal=True):
+    """One training step's loss, input and parameter gradients, and BatchNorm statistics
+    equal the reference's (same seed, same weights); or, `expect_equal` off, the loss differs."""
     ref_model = Composed(copy.deepcopy(encoder), copy.deepcopy(head)).train()
     encoder.train(), head.train()
     x_ours, x_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     torch.manual_seed(3)
     ours = defense.loss(encoder, head, x_ours, y)
     torch.manual_seed(3)
-    theirs = ref_trades_loss(ref_model, x_ref, y, p.step_size, p.eps, p.steps, p.beta)
-    if clamp_start:  # the option moves the first gradient off the reference's point
+    theirs = reference(ref_model, x_ref)
+    if not expect_equal:
         assert abs(float(ours) - float(theirs)) > 1e-9
         return
     assert abs(float(ours) - float(theirs)) <= TOL
@@ -236,7 +244,7 @@ def test_trades_loss_is_the_references_step_for_step(clamp_start):
     g_theirs = torch.autograd.grad(theirs, [x_ref, *ref_model.parameters()])
     for a, b in zip(g_ours, g_theirs):
         assert (a - b).abs().max() <= TOL
-    for a, b in zip(bn_state(encoder), bn_state(ref_model.encoder)):  # nat, adv, nat: three BN updates
+    for a, b in zip(bn_state(encoder), bn_state(ref_model.encoder)):
         assert torch.allclose(a, b, atol=1e-12)
 
 
@@ -267,20 +275,8 @@ def test_mart_loss_is_the_references_step_for_step():
     x, y = batch()
     defense = MART(MART.resolve_params("paper", {"steps": 4}))
     p = defense.params
-    ref_model = Composed(copy.deepcopy(encoder), copy.deepcopy(head)).train()
-    encoder.train(), head.train()
-    x_ours, x_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    torch.manual_seed(3)
-    ours = defense.loss(encoder, head, x_ours, y)
-    torch.manual_seed(3)
-    theirs = ref_mart_loss(ref_model, x_ref, y, p.step_size, p.eps, p.steps, p.beta)
-    assert abs(float(ours) - float(theirs)) <= TOL
-    g_ours = torch.autograd.grad(ours, [x_ours, *encoder.parameters(), *head.parameters()])
-    g_theirs = torch.autograd.grad(theirs, [x_ref, *ref_model.parameters()])
-    for a, b in zip(g_ours, g_theirs):
-        assert (a - b).abs().max() <= TOL
-    for a, b in zip(bn_state(encoder), bn_state(ref_model.encoder)):
-        assert torch.allclose(a, b, atol=1e-12)
+    assert_step_matches(defense, encoder, head, x, y,
+                        lambda model, x_ref: ref_mart_loss(model, x_ref, y, p.step_size, p.eps, p.steps, p.beta))
 
 
 # ---------------------------------------------------------------- DeACL
