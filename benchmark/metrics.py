@@ -14,6 +14,7 @@ import torch
 
 Z95 = 1.959963984540054
 REFERENCE_BATCH = 256  # the reference evaluation loaders' batch size
+DETECTION_SWEEP = (0.0, 0.05, 0.1, 0.2, 0.3)  # detection thresholds reported beside the defense's own
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -57,9 +58,10 @@ def batch_mean_accuracy(hits: torch.Tensor, batch_size: int = REFERENCE_BATCH) -
 def detection_metrics(score_clean: torch.Tensor, score_adv: torch.Tensor, threshold: float) -> dict[str, float]:
     """A detector that flags an input when its score exceeds `threshold`, on the clean
     (correct when not flagged) and adversarial (correct when flagged) images together:
-    the accuracy at the threshold (the ZePAD paper's Table 6 reading), the AUROC (every
-    threshold at once), and the best accuracy over all thresholds with the threshold
-    that reaches it -- an *oracle* figure, chosen on these very test images."""
+    the accuracy at the threshold (the ZePAD paper's Table 6 reading), the accuracy at
+    each threshold of `DETECTION_SWEEP`, the AUROC (every threshold at once), and the
+    best accuracy over all thresholds with the threshold that reaches it -- an *oracle*
+    figure, chosen on these very test images."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     score_clean, score_adv = score_clean.double().cpu(), score_adv.double().cpu()
@@ -67,6 +69,8 @@ def detection_metrics(score_clean: torch.Tensor, score_adv: torch.Tensor, thresh
     out = _rate("detection_accuracy", correct)
     truth = torch.cat([torch.zeros(len(score_clean)), torch.ones(len(score_adv))]).numpy()
     scores = torch.cat([score_clean, score_adv]).numpy()
+    for t in DETECTION_SWEEP:  # the threshold sweep: accuracy at a few margins around the paper's 0.1
+        out[f"detection_accuracy_at_{t:.2f}"] = float(torch.cat([score_clean <= t, score_adv > t]).double().mean())
     if len(score_clean) and len(score_adv):
         out["detection_auroc"] = float(roc_auc_score(truth, scores))
         fpr, tpr, thresholds = roc_curve(truth, scores)

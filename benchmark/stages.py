@@ -34,7 +34,7 @@ StageFn = Callable[["StageContext", dict, dict[str, Artifact]], tuple[Tensors, d
 
 #: Bump a stage's version when its code changes what it computes: its artifacts
 #: (and everything downstream of them) then get new keys and are recomputed.
-STAGE_VERSIONS = {"pretrain": 1, "checkpoint": 1, "craft": 1, "defend": 1, "features": 1, "head": 1, "evaluate": 2}
+STAGE_VERSIONS = {"pretrain": 1, "checkpoint": 1, "craft": 1, "defend": 1, "features": 1, "head": 1, "evaluate": 3}
 STAGES: dict[str, StageFn] = {}
 
 

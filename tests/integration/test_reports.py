@@ -120,6 +120,8 @@ def test_detection_accuracy_is_reported_for_a_defense_with_a_detector(micro_run,
     pairs = (s_adv[:, None] > s_clean[None, :]).float() + 0.5 * (s_adv[:, None] == s_clean[None, :]).float()
     assert m["detection_auroc"] == pytest.approx(float(pairs.mean()))
     assert m["detection_accuracy_oracle"] >= m["detection_accuracy"] - 1e-12  # the best threshold is at least as good
+    assert m["detection_accuracy_at_0.00"] == pytest.approx(m["detection_accuracy"])  # the sweep, at this detector's 0
+    assert m["detection_accuracy_oracle"] >= max(m[f"detection_accuracy_at_{t:.2f}"] for t in (0.0, 0.05, 0.1, 0.2, 0.3))
     assert out["metrics"]["BA"] == store.load_meta("evaluate", key)["metrics"]["BA"]  # detection changes nothing else
 
 
