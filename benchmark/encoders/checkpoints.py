@@ -268,7 +268,9 @@ def _mismatch_error(module: nn.Module, path: Path, missing: list[str], unexpecte
     for name, ckpt, model in shapes[:3]:
         note = ""
         if name.endswith("conv1.weight") and ckpt.dim() == 4 and ckpt.shape[-1] == 7 and model.shape[-1] == 3:
-            note = ": an ImageNet-stem checkpoint? this architecture uses the CIFAR 3x3 stem"
+            note = (": an ImageNet-stem checkpoint? this architecture uses the CIFAR 3x3 stem; use arch "
+                    "resnet18_imagenet (torchvision / timm: 7x7 stride 2 + max-pool) or resnet18_imagenet_s1 "
+                    "(7x7 stride 1, no max-pool: how the ZePAD code loads solo-learn ImageNet-100 encoders)")
         parts.append(f"{name}: checkpoint {_shape(ckpt)} vs model {_shape(model)}{note}.")
     if len(shapes) > 3:
         parts.append(f"({len(shapes) - 3} more shape mismatches.)")

@@ -299,3 +299,23 @@ def test_checkpoint_stage_keeps_the_solo_learn_probe_as_a_ready_made_head(tmp_pa
     assert torch.equal(head.weight, HEAD["classifier.weight"]) and torch.equal(head.bias, HEAD["classifier.bias"])
     assert "classifier.weight" in meta["extra_tensors"]
     assert ready_made_head({k: v for k, v in tensors.items() if not k.startswith("extra.")}) is None
+
+
+def test_a_solo_learn_imagenet100_checkpoint_loads_as_the_zepad_code_rebuilds_it(tmp_path: Path) -> None:
+    """ZePAD's BYOL-ImageNet-100 partner: solo-learn weights of torchvision's ResNet18 (7x7
+    conv1), which the released code runs with conv1 at stride 1, padding 1 and no max-pool."""
+    torch.manual_seed(0)
+    source = build_encoder("resnet18_imagenet_s1", width=8)
+    state = {f"backbone.{k}": v for k, v in source.backbone.state_dict().items()}
+    assert state["backbone.conv1.weight"].shape == (8, 3, 7, 7)
+    path = tmp_path / "byol-400ep-imagenet100.ckpt"
+    torch.save({"state_dict": state | HEAD}, path)
+    encoder = build_encoder("resnet18_imagenet_s1", width=8).eval()
+    extras = load_encoder_weights(encoder, path)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(encoder(x), source.eval()(x))
+    conv = encoder.backbone.conv1
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((7, 7), (1, 1), (1, 1))
+    assert encoder.backbone.stem(x).shape[-1] == 60  # 64 - 7 + 2 + 1: stride 1, no max-pool
+    assert set(extras) == set(HEAD)
