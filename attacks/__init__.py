@@ -1,5 +1,5 @@
 """Attacks: one plugin per file, registered in `ATTACKS` (see attacks/base.py)."""
 
-from attacks.base import ATTACKS, Attack, AttackParams, register_attack
+from daebench.attacks.base import ATTACKS, Attack, AttackParams, register_attack
 
 __all__ = ["ATTACKS", "Attack", "AttackParams", "register_attack"]

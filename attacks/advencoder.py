@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from attacks.base import Attack, UniversalParams, register_attack, sum_terms
-from benchmark.runtime import batches
+from daebench.attacks.base import Attack, UniversalParams, register_attack, sum_terms
+from daebench.runtime import batches
 
 
 def high_frequency_component(x: torch.Tensor, radius: float) -> torch.Tensor:

@@ -33,13 +33,13 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from benchmark.plugins import Configurable, Params
-from benchmark.registry import Registry
-from benchmark.runtime import batches, seed_everything
+from daebench.plugins import Configurable, Params
+from daebench.registry import Registry
+from daebench.runtime import batches, seed_everything
 
 ATTACKS: Registry = Registry(
     "attack", entry_point_group="daebench.attacks",
-    builtin_package="attacks",  # every module in attacks/ is a plugin file
+    builtin_package="daebench.attacks",  # every module in attacks/ is a plugin file
 )
 register_attack = ATTACKS.register
 
@@ -211,7 +211,7 @@ class Attack(Configurable):
         return SurrogateClassifier(heads).eval()
 
     def _train_head(self, encoder: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
-        from benchmark.heads import HeadParams, train_head
+        from daebench.heads import HeadParams, train_head
 
         with torch.no_grad():
             feats = torch.cat([encoder(x[i:i + 512].to(self.device)).cpu() for i in range(0, len(x), 512)])

@@ -8,7 +8,7 @@ options: docs/FIDELITY.md#embedattack.
 
 from __future__ import annotations
 
-from attacks.base import PerSamplePGDAttack, register_attack
+from daebench.attacks.base import PerSamplePGDAttack, register_attack
 
 
 @register_attack("embedattack")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import Attack, AttackParams, register_attack
+from daebench.attacks.base import Attack, AttackParams, register_attack
 
 
 @register_attack("noise")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from attacks.base import Attack, UniversalParams, register_attack
+from daebench.attacks.base import Attack, UniversalParams, register_attack
 
 Layer = Literal["stem", "layer1", "layer2", "layer3", "layer4"]
 

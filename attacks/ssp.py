@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from attacks.base import Attack, PerSamplePGDAttack, PerSamplePGDParams, UniversalParams, register_attack
-from attacks.pap import Layer, layer_activations
+from daebench.attacks.base import Attack, PerSamplePGDAttack, PerSamplePGDParams, UniversalParams, register_attack
+from daebench.attacks.pap import Layer, layer_activations
 
 
 def feature_distortion(adv: torch.Tensor, clean: torch.Tensor, square: bool) -> torch.Tensor:

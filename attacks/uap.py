@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from attacks.base import Attack, SurrogateClassifierParams, register_attack
-from benchmark.runtime import batches
+from daebench.attacks.base import Attack, SurrogateClassifierParams, register_attack
+from daebench.runtime import batches
 
 
 def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),

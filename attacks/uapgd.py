@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from attacks.base import Attack, SurrogateClassifierParams, member_logits, register_attack, sum_terms
-from benchmark.runtime import batches
+from daebench.attacks.base import Attack, SurrogateClassifierParams, member_logits, register_attack, sum_terms
+from daebench.runtime import batches
 
 #: Defaults that differ between the variants (the reference's values are the fields' defaults).
 BATCHED_DEFAULTS: dict[str, Any] = {"epochs": 5, "step_size": 1 / 255}

@@ -11,24 +11,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmark.errors import DAEBenchError
+from daebench.errors import DAEBenchError
 
 LISTABLE = ("attacks", "defenses", "encoders", "datasets", "ssl")
 REPORTS = Path("results/reports")
 
 
 def _registries():
-    from attacks import ATTACKS
-    from benchmark.data import DATASETS
-    from benchmark.encoders import ENCODERS
-    from benchmark.encoders.ssl import SSL_METHODS
-    from defenses import DEFENSES
+    from daebench.attacks import ATTACKS
+    from daebench.data import DATASETS
+    from daebench.encoders import ENCODERS
+    from daebench.encoders.ssl import SSL_METHODS
+    from daebench.defenses import DEFENSES
 
     return {"attacks": ATTACKS, "defenses": DEFENSES, "encoders": ENCODERS, "datasets": DATASETS, "ssl": SSL_METHODS}
 
 
 def cmd_encoders(args: argparse.Namespace) -> int:
-    from benchmark.encoders.zoo import encoder_grid, list_encoders, pretrain_encoder
+    from daebench.encoders.zoo import encoder_grid, list_encoders, pretrain_encoder
 
     if args.encoders_command == "list":
         rows = list_encoders(args.cache_dir)
@@ -39,7 +39,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 
         print(pd.DataFrame(rows).to_string(index=False))
         return 0
-    from benchmark.config import parse_overrides
+    from daebench.config import parse_overrides
 
     overrides = parse_overrides(args.set)
     width = args.width or (16 if args.profile == "tiny" else 64)
@@ -53,10 +53,10 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.config import load_grid
-    from benchmark.executors import JoblibExecutor
-    from benchmark.run import format_results, run_grid
-    from benchmark.runtime import configure_threads
+    from daebench.config import load_grid
+    from daebench.executors import JoblibExecutor
+    from daebench.run import format_results, run_grid
+    from daebench.runtime import configure_threads
 
     configure_threads()
     if args.no_progress:  # one line per finished stage instead of bars (CI logs)
@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device:
         grid = grid.model_copy(update={"device": args.device})
     if args.executor == "dask":
-        from benchmark.executors import DaskExecutor
+        from daebench.executors import DaskExecutor
 
         gpus = 0
         if not args.scheduler and str(grid.device).startswith(("cuda", "auto")):
@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.run_dir:
         print(f"results: {report.run_dir / 'results.csv'}")
     if report.failures:
-        from benchmark.run import failure_message
+        from daebench.run import failure_message
 
         print(f"\nerror: {failure_message(report)}", file=sys.stderr)
         return 1
@@ -114,8 +114,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from benchmark.config import load_grid
-    from benchmark.plan import plan_grid
+    from daebench.config import load_grid
+    from daebench.plan import plan_grid
 
     grid = load_grid(args.config)
     plan = plan_grid(grid) if args.plan else None
@@ -127,8 +127,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from benchmark.report.results import load_run
-    from benchmark.run import format_results
+    from daebench.report.results import load_run
+    from daebench.run import format_results
 
     print(format_results(load_run(args.run, args.runs_dir).results))
     return 0
@@ -138,7 +138,7 @@ def _context(args: argparse.Namespace) -> dict:
     """The table/plot context options (None = the paper's default, or what the run has)."""
     eps = None
     if args.eps:
-        from benchmark.config import parse_fraction
+        from daebench.config import parse_fraction
 
         try:
             eps = parse_fraction(args.eps)
@@ -148,14 +148,14 @@ def _context(args: argparse.Namespace) -> dict:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from benchmark.report.results import load_run
-    from benchmark.report.tables import TABLES, write_tables
+    from daebench.report.results import load_run
+    from daebench.report.tables import TABLES, write_tables
 
     run = load_run(args.run, args.runs_dir)
     names = [TABLES.check(n) for n in args.table] if args.table else None
     paper = None
     if args.paper:
-        from benchmark.report.paper import paper_results
+        from daebench.report.paper import paper_results
 
         paper = paper_results()
     out = Path(args.out) if args.out else REPORTS / run.name / "tables"
@@ -169,8 +169,8 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
-    from benchmark.report.plots import PLOTS, write_plots
-    from benchmark.report.results import load_run
+    from daebench.report.plots import PLOTS, write_plots
+    from daebench.report.results import load_run
 
     run = load_run(args.run, args.runs_dir)
     names = [PLOTS.check(n) for n in args.plot] if args.plot else None
@@ -183,7 +183,7 @@ def cmd_plots(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from benchmark.report.leaderboard import update
+    from daebench.report.leaderboard import update
 
     changed, _ = update(Path(args.file), Path(args.runs_dir), args.runs or None, check=args.check)
     if args.check:
@@ -197,7 +197,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmark.run import DEFAULT_CACHE, DEFAULT_RUNS
+    from daebench.run import DEFAULT_CACHE, DEFAULT_RUNS
 
     parser = argparse.ArgumentParser(prog="daebench", description="Downstream-agnostic adversarial examples vs. defenses of SSL encoders.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from benchmark.errors import ConfigError, DAEBenchError
-from benchmark.heads import HeadParams
+from daebench.errors import ConfigError, DAEBenchError
+from daebench.heads import HeadParams
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 Scenario = Literal["semi_black_box", "white_box", "transfer"]
@@ -151,7 +151,7 @@ class GridSpec(_Strict):
             if self.transfer_from is None:
                 raise ValueError("the transfer scenario needs `transfer_from`: the name of the surrogate encoder")
             if self.transfer_from not in names:
-                from benchmark.registry import did_you_mean
+                from daebench.registry import did_you_mean
 
                 raise ValueError(f"transfer_from '{self.transfer_from}' is not an encoder of this grid."
                                  f"{did_you_mean(self.transfer_from, names)} Encoders: {', '.join(names)}")
@@ -219,7 +219,7 @@ def resolve_config_path(name_or_path: str) -> Path:
     bundled = CONFIG_DIR / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
-    from benchmark.registry import did_you_mean
+    from daebench.registry import did_you_mean
 
     raise ConfigError(
         f"'{name_or_path}' is neither a grid config file nor a bundled grid.{did_you_mean(name_or_path, bundled_configs())} "
@@ -257,11 +257,11 @@ def parse_grid(raw: Any, where: str = "(inline)") -> GridSpec:
 
 def validate_against_registries(grid: GridSpec, where: str = "") -> None:
     """Names and plugin parameters, checked against what is registered."""
-    from attacks import ATTACKS
-    from benchmark.data import DATASETS
-    from benchmark.encoders import ENCODERS
-    from benchmark.encoders.ssl import SSL_METHODS
-    from defenses import DEFENSES
+    from daebench.attacks import ATTACKS
+    from daebench.data import DATASETS
+    from daebench.encoders import ENCODERS
+    from daebench.encoders.ssl import SSL_METHODS
+    from daebench.defenses import DEFENSES
 
     problems: list[str] = []
 

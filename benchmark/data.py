@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import ConfigError, DataUnavailableError
-from benchmark.registry import Registry
+from daebench.errors import ConfigError, DataUnavailableError
+from daebench.registry import Registry
 
 DATA_VERSION = 1
 """Bump when a loader's output changes, so cached artifacts keyed on it go stale."""
@@ -158,7 +158,7 @@ def _load_digits(root: Path, download: bool) -> ImageData:
 # -- torchvision --------------------------------------------------------------
 def _torchvision_split(name: str, root: Path, download: bool, build: Callable):
     """Build one torchvision dataset, turning offline/missing failures into one message."""
-    from benchmark.compat import import_torchvision
+    from daebench.compat import import_torchvision
 
     tv = import_torchvision()
     try:
@@ -223,7 +223,7 @@ def _load_gtsrb(root: Path, download: bool) -> ImageData:
 # -- user-provided ImageFolder trees -------------------------------------------
 def _image_folder_loader(name: str) -> Loader:
     def load(root: Path, download: bool) -> ImageData:
-        from benchmark.compat import import_torchvision
+        from daebench.compat import import_torchvision
 
         base = root / name
         train_dir = base / "train"

@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from benchmark.runtime import batches, seed_everything
+from daebench.runtime import batches, seed_everything
 
 
 class HeadParams(BaseModel):

@@ -14,11 +14,11 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import EncoderSpec, GridSpec, PluginSpec
-from benchmark.data import dataset_fingerprint
-from benchmark.encoders.backbones import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
-from benchmark.stages import STAGE_VERSIONS
-from benchmark.store import artifact_key, canonical_json
+from daebench.config import EncoderSpec, GridSpec, PluginSpec
+from daebench.data import dataset_fingerprint
+from daebench.encoders.backbones import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from daebench.stages import STAGE_VERSIONS
+from daebench.store import artifact_key, canonical_json
 
 NORMALIZATION = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
@@ -99,18 +99,18 @@ class _Planner:
 
     def encoder(self, enc: EncoderSpec, seed: int) -> str:
         mean, std = NORMALIZATION[enc.normalization]
-        from benchmark.encoders.backbones import default_conv1_padding
+        from daebench.encoders.backbones import default_conv1_padding
 
         padding = enc.conv1_padding if enc.conv1_padding is not None else default_conv1_padding(enc.arch)
         arch = {"arch": enc.arch, "width": enc.width, "conv1_padding": padding,
                 "mean": list(mean), "std": list(std)}
         if enc.checkpoint:
-            from benchmark.encoders.checkpoints import file_sha256
+            from daebench.encoders.checkpoints import file_sha256
 
             path = str(Path(enc.checkpoint).expanduser().resolve())
             spec = {"arch": arch, "sha256": file_sha256(path), "key_map": enc.key_map, "_path": path}
             return self.plan.add("checkpoint", spec, {}, f"checkpoint {enc.name}")
-        from benchmark.encoders.ssl import SSL_METHODS
+        from daebench.encoders.ssl import SSL_METHODS
 
         method = SSL_METHODS.get(enc.method)
         params = method.resolve_params(method.profile_for(enc.profile, self.grid.profile), enc.params)
@@ -119,7 +119,7 @@ class _Planner:
         return self.plan.add("pretrain", spec, {}, f"pretrain {enc.name}")
 
     def craft(self, attack: PluginSpec, surrogates: list[str], scenario: str, eps: float, seed: int, downstream: str) -> str:
-        from attacks import ATTACKS
+        from daebench.attacks import ATTACKS
 
         cls = ATTACKS.get(attack.name)
         params = cls.resolve_params(cls.profile_for(attack.profile, self.grid.profile), attack.params)
@@ -129,7 +129,7 @@ class _Planner:
         spec = {"attack": attack.name, "version": cls.version, "params": params.model_dump(), "eps": eps, "seed": seed,
                 "data": self.data(target)}
         if len(surrogates) > 1:  # white-box: how the per-encoder losses combine (single-surrogate keys unchanged)
-            from attacks.base import ENSEMBLE_VERSION
+            from daebench.attacks.base import ENSEMBLE_VERSION
 
             spec["ensemble"] = ENSEMBLE_VERSION
         # The scenario only decides which surrogates the attacker has; it is not in
@@ -139,7 +139,7 @@ class _Planner:
 
     def auxiliaries(self, defense: PluginSpec, victim: EncoderSpec, d_f: str, seed: int) -> tuple[list[str], list[str]]:
         """Keys of the extra encoders a defense uses, all of them and the public ones."""
-        from defenses import DEFENSES
+        from daebench.defenses import DEFENSES
 
         cls = DEFENSES.get(defense.name)
         params = cls.resolve_params(cls.profile_for(defense.profile, self.grid.profile), defense.params)
@@ -148,7 +148,7 @@ class _Planner:
         return keys, [k for k, aux in zip(keys, extra) if aux.public]
 
     def defend(self, defense: PluginSpec, victim: str, aux: list[str], d_f: str, seed: int) -> str:
-        from defenses import DEFENSES
+        from daebench.defenses import DEFENSES
 
         cls = DEFENSES.get(defense.name)
         params = cls.resolve_params(cls.profile_for(defense.profile, self.grid.profile), defense.params)
@@ -160,8 +160,8 @@ class _Planner:
 
     def params_json(self, kind: str, plugin: PluginSpec) -> str:
         """A plugin's resolved parameters (profile + overrides) as canonical JSON, for the results table."""
-        from attacks import ATTACKS
-        from defenses import DEFENSES
+        from daebench.attacks import ATTACKS
+        from daebench.defenses import DEFENSES
 
         cls = (ATTACKS if kind == "attack" else DEFENSES).get(plugin.name)
         return canonical_json(cls.resolve_params(cls.profile_for(plugin.profile, self.grid.profile), plugin.params).model_dump())

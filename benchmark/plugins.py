@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
-from benchmark.errors import ConfigError
-from benchmark.registry import did_you_mean
+from daebench.errors import ConfigError
+from daebench.registry import did_you_mean
 
 
 class Params(BaseModel):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-import benchmark
+import daebench
 
 
 @functools.lru_cache(maxsize=1)
@@ -24,7 +24,7 @@ def git_commit() -> str | None:
 
 
 def provenance(device: str = "cpu") -> dict:
-    from benchmark.runtime import resolve_device
+    from daebench.runtime import resolve_device
 
     dev = str(resolve_device(str(device)))
     if dev.startswith("cuda") and torch.cuda.is_available():

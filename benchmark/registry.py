@@ -6,7 +6,7 @@ just to list names), did-you-mean errors, collision errors, and discovery of
 outside plugins through a package entry-point group.
 
     ATTACKS = Registry("attack", entry_point_group="daebench.attacks",
-                       builtin_modules=["attacks.embedattack", ...])
+                       builtin_modules=["daebench.attacks.embedattack", ...])
 
     @ATTACKS.register("my_attack")
     class MyAttack(Attack): ...
@@ -25,7 +25,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Generic, Iterable, TypeVar
 
-from benchmark.errors import RegistryCollisionError, UnknownNameError
+from daebench.errors import RegistryCollisionError, UnknownNameError
 
 T = TypeVar("T")
 

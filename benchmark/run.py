@@ -26,14 +26,14 @@ import pandas as pd
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from benchmark.config import GridSpec
-from benchmark.errors import DAEBenchError, StageFailedError
-from benchmark.executors import Executor, JoblibExecutor
-from benchmark.plan import Node, Plan, grid_hash, plan_grid
-from benchmark.provenance import provenance
-from benchmark.report.results import collect_results, write_results
-from benchmark.stages import STAGES, StageContext
-from benchmark.store import ArtifactStore
+from daebench.config import GridSpec
+from daebench.errors import DAEBenchError, StageFailedError
+from daebench.executors import Executor, JoblibExecutor
+from daebench.plan import Node, Plan, grid_hash, plan_grid
+from daebench.provenance import provenance
+from daebench.report.results import collect_results, write_results
+from daebench.stages import STAGES, StageContext
+from daebench.store import ArtifactStore
 
 log = logging.getLogger("daebench")
 DEFAULT_CACHE = Path(os.environ.get("DAEBENCH_CACHE", "results/cache"))
@@ -55,7 +55,7 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
     """Load a node's inputs, run its stage, save the artifact. Top-level so workers can pickle it."""
     import torch
 
-    from benchmark.provenance import provenance as prov
+    from daebench.provenance import provenance as prov
 
     previous_threads = torch.get_num_threads()
     if threads:  # restored below: a stage run in this process must not change the caller's count

@@ -22,12 +22,12 @@ from typing import Callable
 
 import torch
 
-from benchmark.data import ImageData, load_dataset
-from benchmark.encoders.backbones import build_encoder, pack_branches, unpack_branches
-from benchmark.heads import HeadParams, make_head, predict_logits, train_head
-from benchmark.metrics import detection_metrics, robustness_metrics
-from benchmark.runtime import batches, seed_everything
-from benchmark.store import Artifact
+from daebench.data import ImageData, load_dataset
+from daebench.encoders.backbones import build_encoder, pack_branches, unpack_branches
+from daebench.heads import HeadParams, make_head, predict_logits, train_head
+from daebench.metrics import detection_metrics, robustness_metrics
+from daebench.runtime import batches, seed_everything
+from daebench.store import Artifact
 
 Tensors = dict[str, torch.Tensor]
 StageFn = Callable[["StageContext", dict, dict[str, Artifact]], tuple[Tensors, dict]]
@@ -51,7 +51,7 @@ class StageContext:
 
     @property
     def torch_device(self) -> torch.device:
-        from benchmark.runtime import resolve_device
+        from daebench.runtime import resolve_device
 
         return resolve_device(self.device)
 
@@ -70,8 +70,8 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
 # -- encoders ------------------------------------------------------------------
 @stage("pretrain")
 def run_pretrain(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
-    from benchmark.encoders.knn import knn_accuracy
-    from benchmark.encoders.ssl import SSL_METHODS, pretrain
+    from daebench.encoders.knn import knn_accuracy
+    from daebench.encoders.ssl import SSL_METHODS, pretrain
 
     method = SSL_METHODS.get(spec["method"])
     params = method.Params(**spec["params"])
@@ -94,7 +94,7 @@ def run_pretrain(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> 
 
 @stage("checkpoint")
 def run_checkpoint(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
-    from benchmark.encoders.checkpoints import load_encoder_weights
+    from daebench.encoders.checkpoints import load_encoder_weights
 
     encoder = build_encoder(**spec["arch"])
     extras = load_encoder_weights(encoder, spec["_path"], key_map=spec.get("key_map"))
@@ -108,12 +108,12 @@ def run_checkpoint(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -
 # -- attack ----------------------------------------------------------------------
 @stage("craft")
 def run_craft(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
-    from attacks import ATTACKS
+    from daebench.attacks import ATTACKS
 
     cls = ATTACKS.get(spec["attack"])
     attack = cls(cls.Params(**spec["params"]), eps=spec["eps"], seed=spec["seed"], device=ctx.torch_device,
                  progress=ctx.progress)
-    from attacks.base import SurrogateEnsemble
+    from daebench.attacks.base import SurrogateEnsemble
 
     # One surrogate (semi-black-box, transfer) or several (white-box: every public
     # encoder the defense uses), in the order the planner listed them.
@@ -134,7 +134,7 @@ def run_craft(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tup
 # -- defense --------------------------------------------------------------------------
 @stage("defend")
 def run_defend(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
-    from defenses import DEFENSES
+    from daebench.defenses import DEFENSES
 
     cls = DEFENSES.get(spec["defense"])
     defense = cls(cls.Params(**spec["params"]), seed=spec["seed"], device=ctx.torch_device, progress=ctx.progress)
@@ -179,7 +179,7 @@ def run_head(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tupl
 
 @stage("evaluate")
 def run_evaluate(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
-    from defenses import DEFENSES
+    from daebench.defenses import DEFENSES
 
     heads = _heads(inputs["head"], HeadParams(**spec["head_params"]))
     clean, adv = inputs["clean"], inputs["adv"]
@@ -225,7 +225,7 @@ def encode_images(
     delta: torch.Tensor | None = None, clamp: bool = True,
 ) -> torch.Tensor:
     """Features of uint8 images (optionally plus a universal or per-sample delta), batched."""
-    from attacks import Attack
+    from daebench.attacks import Attack
 
     encoder = encoder.to(device).eval()
     out = []

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from benchmark.errors import StoreError
+from daebench.errors import StoreError
 
 HOST = socket.gethostname().replace("/", "_")
 

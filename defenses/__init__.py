@@ -1,5 +1,5 @@
 """Defenses: one plugin per file, registered in `DEFENSES` (see defenses/base.py)."""
 
-from defenses.base import DEFENSES, AdversarialFineTuning, DefendedModel, Defense, register_defense
+from daebench.defenses.base import DEFENSES, AdversarialFineTuning, DefendedModel, Defense, register_defense
 
 __all__ = ["DEFENSES", "AdversarialFineTuning", "DefendedModel", "Defense", "register_defense"]

@@ -34,16 +34,16 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.data import ImageData
-from benchmark.encoders.backbones import Encoder
-from benchmark.heads import HeadParams, head_optimizer, make_head
-from benchmark.plugins import Configurable, Params
-from benchmark.registry import Registry
-from benchmark.runtime import batches, seed_everything
+from daebench.data import ImageData
+from daebench.encoders.backbones import Encoder
+from daebench.heads import HeadParams, head_optimizer, make_head
+from daebench.plugins import Configurable, Params
+from daebench.registry import Registry
+from daebench.runtime import batches, seed_everything
 
 DEFENSES: Registry = Registry(
     "defense", entry_point_group="daebench.defenses",
-    builtin_package="defenses",  # every module in defenses/ is a plugin file
+    builtin_package="daebench.defenses",  # every module in defenses/ is a plugin file
 )
 register_defense = DEFENSES.register
 

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from benchmark.data import ImageData
-from benchmark.encoders.backbones import Encoder
-from benchmark.encoders.ssl.base import warmup_cosine_lr
-from benchmark.runtime import batches, seed_everything
-from defenses.base import DefendedModel, Defense, SpeedSwitches, register_defense
+from daebench.data import ImageData
+from daebench.encoders.backbones import Encoder
+from daebench.encoders.ssl.base import warmup_cosine_lr
+from daebench.runtime import batches, seed_everything
+from daebench.defenses.base import DefendedModel, Defense, SpeedSwitches, register_defense
 
 
 class DeACLParams(SpeedSwitches):

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from benchmark.data import ImageData
-from benchmark.encoders.backbones import Encoder
-from benchmark.runtime import batches
-from defenses.base import (AdversarialFineTuning, AdversarialFineTuningParams, DefendedModel, FineTuneSplit,
+from daebench.data import ImageData
+from daebench.encoders.backbones import Encoder
+from daebench.runtime import batches
+from daebench.defenses.base import (AdversarialFineTuning, AdversarialFineTuningParams, DefendedModel, FineTuneSplit,
                            _accuracy, fgsm_accuracy, register_defense, unnormalised)
 
 GR_EPS = 1e-7  # the released gr.py's eps: norm guard, distance clamp and log guard

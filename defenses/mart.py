@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from defenses.base import AdversarialFineTuning, register_defense
-from defenses.trades import TRADESAttackParams
+from daebench.defenses.base import AdversarialFineTuning, register_defense
+from daebench.defenses.trades import TRADESAttackParams
 
 
 def mart_loss(logits_natural: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:

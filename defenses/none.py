@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from benchmark.data import ImageData
-from benchmark.encoders.backbones import Encoder
-from defenses.base import DefendedModel, Defense, register_defense
+from daebench.data import ImageData
+from daebench.encoders.backbones import Encoder
+from daebench.defenses.base import DefendedModel, Defense, register_defense
 
 
 @register_defense("none")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from defenses.base import AdversarialFineTuning, register_defense
+from daebench.defenses.base import AdversarialFineTuning, register_defense
 
 
 @register_defense("pgd_at")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from defenses.base import AdversarialFineTuning, AdversarialFineTuningParams, register_defense
+from daebench.defenses.base import AdversarialFineTuning, AdversarialFineTuningParams, register_defense
 
 
 def trades_kl(logits_natural: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:

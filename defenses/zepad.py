@@ -26,11 +26,11 @@ from typing import Any, Collection, Literal
 import torch
 from pydantic import Field, ValidationError
 
-from benchmark.data import ImageData
-from benchmark.encoders.backbones import Encoder
-from benchmark.errors import ConfigError
-from defenses.base import AuxiliaryEncoder, DefendedModel, Defense, register_defense
-from defenses.genaf import GenAF, GenAFParams
+from daebench.data import ImageData
+from daebench.encoders.backbones import Encoder
+from daebench.errors import ConfigError
+from daebench.defenses.base import AuxiliaryEncoder, DefendedModel, Defense, register_defense
+from daebench.defenses.genaf import GenAF, GenAFParams
 
 # recipe settings a partner encoder shares with the victim when the victim's spec pins
 # them (sizes, speed switches), never method-specific hyper-parameters such as a
@@ -46,7 +46,7 @@ def _shared_recipe(victim, method: str, grid_profile: str) -> dict:
     the partner's recipe, under the same profile, uses the victim's optimiser anyway
     (the tiny profile: Adam for every method). Otherwise (LARS vs SGD in the paper
     profiles) the partner keeps its own recipe's lr."""
-    from benchmark.encoders.ssl import SSL_METHODS
+    from daebench.encoders.ssl import SSL_METHODS
 
     pinned = victim.params
     shared = {k: v for k, v in pinned.items() if k in SHARED_RECIPE_KEYS}
@@ -115,7 +115,7 @@ class ZePAD(Defense):
         registered, the next registered one that differs from the victim's."""
         if params.aux_methods is not None:
             return list(params.aux_methods)
-        from benchmark.encoders.ssl import SSL_METHODS
+        from daebench.encoders.ssl import SSL_METHODS
 
         preference = ["byol", "nnclr", "simclr", "mocov3", "dino"]
         available = [m for m in preference if m != victim_method and m in SSL_METHODS]
@@ -189,7 +189,7 @@ class ZePAD(Defense):
     def generator_perturbation(self, encoder: Encoder, data: ImageData, index: int) -> torch.Tensor:
         """Algorithm 1's G: an AdvEncoder generator trained against this encoder on D_f
         (the defender plays the attacker), giving the universal perturbation x* = x + G."""
-        from attacks.advencoder import AdvEncoder
+        from daebench.attacks.advencoder import AdvEncoder
 
         p = self.params
         attack = AdvEncoder(AdvEncoder.resolve_params(None, p.generator_params), eps=p.eps, seed=self.seed + 100 + index,
@@ -226,7 +226,7 @@ class ZePAD(Defense):
 def _encoder_spec(spec: dict[str, Any], victim, profile: str, where: str):
     """A user's auxiliary encoder spec as an `EncoderSpec`: the victim's architecture,
     normalisation and (for a method) shared recipe unless the spec sets them."""
-    from benchmark.config import EncoderSpec
+    from daebench.config import EncoderSpec
 
     inherited = {k: getattr(victim, k) for k in ("arch", "width", "conv1_padding", "normalization", "profile")}
     if spec.get("method") and "params" not in spec:

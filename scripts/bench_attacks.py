@@ -41,12 +41,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attacks import ATTACKS  # noqa: E402
-from benchmark.data import load_dataset  # noqa: E402
-from benchmark.encoders import build_encoder  # noqa: E402
-from benchmark.heads import HeadParams, train_head  # noqa: E402
-from benchmark.provenance import provenance  # noqa: E402
-from benchmark.runtime import batches, seed_everything  # noqa: E402
+from daebench.attacks import ATTACKS  # noqa: E402
+from daebench.data import load_dataset  # noqa: E402
+from daebench.encoders import build_encoder  # noqa: E402
+from daebench.heads import HeadParams, train_head  # noqa: E402
+from daebench.provenance import provenance  # noqa: E402
+from daebench.runtime import batches, seed_everything  # noqa: E402
 
 EPS = 10 / 255
 DEEPFOOL = {"max_iter_df": 50, "num_candidates": 10, "overshoot": 0.02, "target_fooling_rate": 0.8}

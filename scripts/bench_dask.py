@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.config import parse_grid  # noqa: E402
-from benchmark.executors import DaskExecutor  # noqa: E402
-from benchmark.provenance import provenance  # noqa: E402
-from benchmark.run import run_grid  # noqa: E402
+from daebench.config import parse_grid  # noqa: E402
+from daebench.executors import DaskExecutor  # noqa: E402
+from daebench.provenance import provenance  # noqa: E402
+from daebench.run import run_grid  # noqa: E402
 
 # the micro grid widened so every wave has several independent stages
 GRID = {

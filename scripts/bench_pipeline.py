@@ -24,14 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.config import parse_grid  # noqa: E402
-from benchmark.data import load_dataset  # noqa: E402
-from benchmark.encoders import build_encoder  # noqa: E402
-from benchmark.heads import HeadParams, head_optimizer, make_head, train_head  # noqa: E402
-from benchmark.provenance import provenance  # noqa: E402
-from benchmark.run import run_grid  # noqa: E402
-from benchmark.runtime import batches, configure_threads, seed_everything  # noqa: E402
-from benchmark.stages import encode_images  # noqa: E402
+from daebench.config import parse_grid  # noqa: E402
+from daebench.data import load_dataset  # noqa: E402
+from daebench.encoders import build_encoder  # noqa: E402
+from daebench.heads import HeadParams, head_optimizer, make_head, train_head  # noqa: E402
+from daebench.provenance import provenance  # noqa: E402
+from daebench.run import run_grid  # noqa: E402
+from daebench.runtime import batches, configure_threads, seed_everything  # noqa: E402
+from daebench.stages import encode_images  # noqa: E402
 
 GRID = {
     "name": "bench",

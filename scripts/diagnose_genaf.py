@@ -17,14 +17,14 @@ import json
 
 import torch
 
-from benchmark.config import parse_overrides
-from benchmark.data import load_dataset
-from benchmark.encoders.backbones import unpack_branches
-from benchmark.heads import HeadParams, head_optimizer, make_head, train_head
-from benchmark.provenance import provenance
-from benchmark.runtime import batches, seed_everything
-from benchmark.store import ArtifactStore
-from defenses.genaf import GenAF
+from daebench.config import parse_overrides
+from daebench.data import load_dataset
+from daebench.encoders.backbones import unpack_branches
+from daebench.heads import HeadParams, head_optimizer, make_head, train_head
+from daebench.provenance import provenance
+from daebench.runtime import batches, seed_everything
+from daebench.store import ArtifactStore
+from daebench.defenses.genaf import GenAF
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmark.config import parse_overrides
-from benchmark.encoders.ssl import SSL_METHODS
-from benchmark.encoders.zoo import encoder_grid, pretrain_encoder
-from benchmark.provenance import provenance
+from daebench.config import parse_overrides
+from daebench.encoders.ssl import SSL_METHODS
+from daebench.encoders.zoo import encoder_grid, pretrain_encoder
+from daebench.provenance import provenance
 
 
 def main() -> None:

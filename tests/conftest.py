@@ -48,8 +48,8 @@ def shared_file(name: str) -> Path:
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory):
     """The micro grid run once per session: (root with cache/ and runs/, grid, report). Read-only."""
-    from benchmark.config import parse_grid
-    from benchmark.run import run_grid
+    from daebench.config import parse_grid
+    from daebench.run import run_grid
 
     root = tmp_path_factory.mktemp("micro-run")
     grid = parse_grid(MICRO_GRID)

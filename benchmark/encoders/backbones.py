@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.registry import Registry
+from daebench.registry import Registry
 
 ENCODERS: Registry = Registry("encoder", entry_point_group="daebench.encoders")
 

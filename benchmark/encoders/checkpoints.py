@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from benchmark.encoders.backbones import Encoder
-from benchmark.errors import CheckpointError
+from daebench.encoders.backbones import Encoder
+from daebench.errors import CheckpointError
 
 DEFAULT_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.")
 """Wrapper prefixes stripped (repeatedly) from keys: DataParallel, torch.compile, a

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from benchmark.store import ArtifactStore
+from daebench.store import ArtifactStore
 
 
 @dataclasses.dataclass
@@ -25,7 +25,7 @@ class PretrainResult:
 def encoder_grid(method: str, dataset: str, profile: str = "tiny", width: int = 64, seed: int = 0,
                  params: dict[str, Any] | None = None, device: str = "auto", image_size: int = 32):
     """A minimal grid holding one encoder; `dataset` is a registry name or a source such as npz:path."""
-    from benchmark.config import parse_grid
+    from daebench.config import parse_grid
 
     name = Path(dataset.split(":", 1)[1]).stem if ":" in dataset else dataset
     raw = {
@@ -40,10 +40,10 @@ def encoder_grid(method: str, dataset: str, profile: str = "tiny", width: int = 
 
 def pretrain_encoder(grid, cache_dir: str | os.PathLike, progress: bool = True) -> PretrainResult:
     """Run (or find in the cache) the grid's first encoder; raises on failure."""
-    from benchmark.errors import StageFailedError
-    from benchmark.plan import _Planner
-    from benchmark.run import execute_node
-    from benchmark.stages import StageContext
+    from daebench.errors import StageFailedError
+    from daebench.plan import _Planner
+    from daebench.run import execute_node
+    from daebench.stages import StageContext
 
     planner = _Planner(grid)
     key = planner.encoder(grid.encoders[0], grid.seeds[0])

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.errors import DAEBenchError
-from benchmark.report.results import RunRecord, load_run
+from daebench.errors import DAEBenchError
+from daebench.report.results import RunRecord, load_run
 
 START = re.compile(r"<!-- daebench:leaderboard:start runs=(?P<runs>[^ ]*) -->")
 END = "<!-- daebench:leaderboard:end -->"

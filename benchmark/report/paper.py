@@ -29,7 +29,7 @@ def _parse_setting(setting: object) -> dict[str, str]:
 
 
 def _variant(row: pd.Series) -> pd.Series:
-    from benchmark.report.tables import METHOD_LABELS
+    from daebench.report.tables import METHOD_LABELS
 
     setting = _parse_setting(row["setting"])
     out = {"method": row["ssl_method"], "encoder": row["ssl_method"], "defense": row["defense"],

@@ -20,10 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark.registry import Registry  # noqa: E402
-from benchmark.report.results import RunRecord  # noqa: E402
-from benchmark.report.tables import BASELINE, TableContext, _family, _pick, _select, victim_label  # noqa: E402
-from benchmark.store import ArtifactStore  # noqa: E402
+from daebench.registry import Registry  # noqa: E402
+from daebench.report.results import RunRecord  # noqa: E402
+from daebench.report.tables import BASELINE, TableContext, _family, _pick, _select, victim_label  # noqa: E402
+from daebench.store import ArtifactStore  # noqa: E402
 
 
 class NotCovered(Exception):
@@ -36,7 +36,7 @@ register_plot = PLOTS.register
 
 
 def _store(run: RunRecord) -> ArtifactStore:
-    from benchmark.run import DEFAULT_CACHE
+    from daebench.run import DEFAULT_CACHE
 
     root = run.cache_dir or DEFAULT_CACHE
     if not Path(root).is_dir():

@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.errors import DAEBenchError
-from benchmark.plan import Plan
-from benchmark.store import ArtifactStore
+from daebench.errors import DAEBenchError
+from daebench.plan import Plan
+from daebench.store import ArtifactStore
 
 METRICS = ("BA", "RA", "ASR", "BA_batch_mean", "RA_batch_mean", "detection_accuracy", "detection_auroc")
 TIMINGS = ("pretrain_seconds", "craft_seconds", "defend_seconds")

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from benchmark.registry import Registry
+from daebench.registry import Registry
 
 BASELINE = "none"
 DELTA = "Δ"

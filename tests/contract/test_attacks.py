@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from attacks import ATTACKS
-from attacks.advencoder import info_nce
-from benchmark.encoders import build_encoder
+from daebench.attacks import ATTACKS
+from daebench.attacks.advencoder import info_nce
+from daebench.encoders import build_encoder
 
 EPS = 10 / 255
 
@@ -96,7 +96,7 @@ def two_surrogates():
 def test_white_box_attacks_never_use_the_concatenated_features(name, two_surrogates, images, labels, monkeypatch):
     """Every attack works encoder by encoder on an ensemble (its losses are summed per
     encoder), and every encoder is used."""
-    from attacks.base import SurrogateEnsemble
+    from daebench.attacks.base import SurrogateEnsemble
 
     def refuse(*_):
         raise AssertionError("an attack used the ensemble's concatenated features")
@@ -117,7 +117,7 @@ def test_white_box_attacks_never_use_the_concatenated_features(name, two_surroga
 
 
 def test_white_box_objectives_are_sums_of_single_encoder_objectives(two_surrogates, images, labels):
-    from attacks.base import SurrogateEnsemble
+    from daebench.attacks.base import SurrogateEnsemble
 
     a, b = two_surrogates
     ensemble = SurrogateEnsemble([a, b]).eval()
@@ -138,7 +138,7 @@ def test_white_box_objectives_are_sums_of_single_encoder_objectives(two_surrogat
 
 
 def test_white_box_classifier_has_one_head_per_encoder_and_sums_their_logits(two_surrogates, images, labels):
-    from attacks.base import SurrogateEnsemble, member_logits
+    from daebench.attacks.base import SurrogateEnsemble, member_logits
 
     a, b = two_surrogates
     uap = _attack("uap")
@@ -153,9 +153,9 @@ def test_white_box_classifier_has_one_head_per_encoder_and_sums_their_logits(two
 
 
 def test_white_box_crafts_are_keyed_apart_and_single_surrogate_keys_unchanged():
-    from attacks.base import ENSEMBLE_VERSION
-    from benchmark.config import parse_grid
-    from benchmark.plan import plan_grid
+    from daebench.attacks.base import ENSEMBLE_VERSION
+    from daebench.config import parse_grid
+    from daebench.plan import plan_grid
     from tests.conftest import MICRO_GRID
 
     grid = parse_grid({**MICRO_GRID, "scenarios": ["semi_black_box", "white_box"], "defenses": ["zepad"]})
@@ -218,7 +218,7 @@ def test_uapgd_variants_differ_and_report(surrogate, images, labels):
     ({"variant": "exact"}, "variant"),
 ])
 def test_uapgd_rejects_inconsistent_parameters(bad, match):
-    from benchmark.errors import ConfigError
+    from daebench.errors import ConfigError
 
     with pytest.raises(ConfigError, match=match):
         ATTACKS.get("uapgd").resolve_params("paper", bad)

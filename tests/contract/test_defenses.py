@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from benchmark.config import EncoderSpec
-from benchmark.data import load_dataset
-from benchmark.encoders import build_encoder
-from defenses import DEFENSES
+from daebench.config import EncoderSpec
+from daebench.data import load_dataset
+from daebench.encoders import build_encoder
+from daebench.defenses import DEFENSES
 
 
 @pytest.fixture(scope="module")
 def data():
     d = load_dataset("digits", image_size=16)
-    from benchmark.data import ImageData
+    from daebench.data import ImageData
 
     return ImageData("digits-small", d.x_train[:128], d.y_train[:128], d.x_test[:64], d.y_test[:64], d.num_classes)
 
@@ -101,7 +101,7 @@ class _Killed(Exception):
 def test_a_killed_defense_resumes_from_its_epoch_checkpoint_identically(name, data, tmp_path, monkeypatch):
     """Kill after the first epoch's checkpoint; a new run with the same directory resumes and
     ends with exactly the weights of an uninterrupted run."""
-    from defenses.base import EpochCheckpoint
+    from daebench.defenses.base import EpochCheckpoint
 
     cls = DEFENSES.get(name)
     params = cls.resolve_params(cls.profile_for(None, "tiny"), {"epochs": 3, "steps": 1, "batch_size": 64})

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import ATTACKS
-from attacks.advencoder import high_frequency_component, info_nce
-from attacks.pap import NoisePrior
+from daebench.attacks import ATTACKS
+from daebench.attacks.advencoder import high_frequency_component, info_nce
+from daebench.attacks.pap import NoisePrior
 
 EPS = 10 / 255
 DTYPE = torch.float64

@@ -8,8 +8,8 @@ import random
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from benchmark.compat import import_torchvision
-from benchmark.encoders.ssl.augment import AugmentParams, asymmetric_second_view, augment, symmetric
+from daebench.compat import import_torchvision
+from daebench.encoders.ssl.augment import AugmentParams, asymmetric_second_view, augment, symmetric
 
 
 def solo_learn_view(p: AugmentParams, size: int):

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.heads import HeadParams, make_head
-from defenses.deacl import DeACL, deacl_objective
-from defenses.mart import MART, mart_loss
-from defenses.pgd_at import PGDAT
-from defenses.trades import TRADES, trades_kl
+from daebench.heads import HeadParams, make_head
+from daebench.defenses.deacl import DeACL, deacl_objective
+from daebench.defenses.mart import MART, mart_loss
+from daebench.defenses.pgd_at import PGDAT
+from daebench.defenses.trades import TRADES, trades_kl
 
 TOL = 1e-6
 
@@ -327,7 +327,7 @@ def test_deacl_separate_batchnorm_passes_are_a_different_step():
 
 def test_deacl_runs_through_the_speed_switches_wrapper():
     """`bn_batches: joint` concatenates before the FastEncoder wrapper, which must pass the 2B batch on."""
-    from defenses.base import FastEncoder
+    from daebench.defenses.base import FastEncoder
 
     torch.manual_seed(0)
     teacher = TinyEncoder().eval().requires_grad_(False)

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.encoders import build_encoder
-from benchmark.heads import make_head
-from defenses.base import fgsm_accuracy, unnormalised
-from defenses.genaf import GenAF, feature_structure_loss, genetic_regularisation
-from defenses.zepad import ZePAD
+from daebench.encoders import build_encoder
+from daebench.heads import make_head
+from daebench.defenses.base import fgsm_accuracy, unnormalised
+from daebench.defenses.genaf import GenAF, feature_structure_loss, genetic_regularisation
+from daebench.defenses.zepad import ZePAD
 
 TOL = dict(rtol=1e-6, atol=1e-6)
 

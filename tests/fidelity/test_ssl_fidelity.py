@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.encoders.ssl import SSL_METHODS
-from benchmark.encoders.ssl.base import LARS, momentum_tau, warmup_cosine_lr
-from benchmark.encoders.ssl.heads import IterNorm
+from daebench.encoders.ssl import SSL_METHODS
+from daebench.encoders.ssl.base import LARS, momentum_tau, warmup_cosine_lr
+from daebench.encoders.ssl.heads import IterNorm
 
 TOL = 1e-6
 N = 8  # batch
@@ -515,7 +515,7 @@ def test_momentum_tau_sequence_is_solo_learns_momentum_updater():
 
 
 def test_pretrain_hands_after_step_the_steps_before_it():
-    from benchmark.encoders.ssl.base import pretrain
+    from daebench.encoders.ssl.base import pretrain
 
     seen = []
     cls = SSL_METHODS.get("byol")
@@ -592,7 +592,7 @@ def test_paper_profile_is_solo_learns_cifar_config(method):
 
 
 def test_gaussian_blur_is_a_normalised_gaussian_and_keeps_flat_images():
-    from benchmark.encoders.ssl.augment import gaussian_blur
+    from daebench.encoders.ssl.augment import gaussian_blur
 
     flat = torch.full((4, 3, 8, 8), 0.3)
     assert torch.allclose(gaussian_blur(flat, 1.0, torch.Generator().manual_seed(0)), flat, atol=1e-6)
@@ -616,7 +616,7 @@ def test_the_hand_written_parts_are_not_trivially_equal():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randn(8, 5, generator=g, dtype=torch.float64)
     assert abs(float(NTXentLoss(temperature=0.2)(a, b)) - float(solo_nnclr_loss(a, b, 0.2))) > 1e-3
-    from benchmark.encoders.ssl.supcon import supcon_loss
+    from daebench.encoders.ssl.supcon import supcon_loss
 
     z, y = torch.cat([a, b]), torch.tensor([0, 1, 0, 2, 1, 0, 3, 2]).repeat(2)
     assert abs(float(supcon_loss(z, y, 0.2, "solo-learn")) - float(supcon_loss(z, y, 0.2, "paper-out"))) > 1e-3

@@ -38,11 +38,11 @@ pytest.importorskip("art")
 from art.attacks.evasion import ProjectedGradientDescent, UniversalPerturbation  # noqa: E402
 from art.estimators.classification import PyTorchClassifier  # noqa: E402
 
-from attacks import ATTACKS  # noqa: E402
-from benchmark.data import load_dataset  # noqa: E402
-from benchmark.encoders import build_encoder  # noqa: E402
-from benchmark.heads import HeadParams, train_head  # noqa: E402
-from benchmark.runtime import seed_everything  # noqa: E402
+from daebench.attacks import ATTACKS  # noqa: E402
+from daebench.data import load_dataset  # noqa: E402
+from daebench.encoders import build_encoder  # noqa: E402
+from daebench.heads import HeadParams, train_head  # noqa: E402
+from daebench.runtime import seed_everything  # noqa: E402
 
 EPS = 10 / 255
 N_CRAFT = 128  # UAP crafting images

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.cli import main
+from daebench.cli import main
 from tests.conftest import write_grid
 
 

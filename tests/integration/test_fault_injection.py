@@ -13,8 +13,8 @@ import time
 import pandas as pd
 import pytest
 
-from benchmark.run import run_grid
-from benchmark.store import ArtifactStore
+from daebench.run import run_grid
+from daebench.store import ArtifactStore
 from tests.conftest import REPO, write_grid
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def test_random_sigkills_then_resume_equal_an_uninterrupted_run(micro_run, tmp_p
         cache = tmp_path / f"cache{trial}"
         target = rng.randint(1, nodes - 1)  # kill after this many artifacts landed, plus a random delay
         jitter = rng.uniform(0, 0.5)
-        proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", str(config), "--cache-dir", str(cache),
+        proc = subprocess.Popen([sys.executable, "-m", "daebench.cli", "run", str(config), "--cache-dir", str(cache),
                                  "--runs-dir", str(tmp_path / "runs"), "--no-progress"], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 300

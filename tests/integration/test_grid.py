@@ -11,10 +11,10 @@ import time
 import pandas as pd
 import pytest
 
-from benchmark.config import parse_grid
-from benchmark.errors import StageFailedError
-from benchmark.run import run_grid
-from benchmark.store import ArtifactStore
+from daebench.config import parse_grid
+from daebench.errors import StageFailedError
+from daebench.run import run_grid
+from daebench.store import ArtifactStore
 from tests.conftest import MICRO_GRID, write_grid
 
 METRICS = ["BA", "RA", "ASR", "n"]
@@ -75,7 +75,7 @@ def test_corrupted_artifact_is_recomputed_not_used(first_run, tmp_path):
 
     cache = tmp_path / "cache"
     shutil.copytree(root / "cache", cache)
-    from benchmark.store import ArtifactStore
+    from daebench.store import ArtifactStore
 
     store = ArtifactStore(cache)
     key = store.keys("head")[0]
@@ -93,7 +93,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(first_run, tmp_path):
     _, _, report = first_run
     config = write_grid(tmp_path / "micro.yaml")
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "benchmark.cli", "run", str(config), "--cache-dir", str(cache),
+    cmd = [sys.executable, "-m", "daebench.cli", "run", str(config), "--cache-dir", str(cache),
            "--runs-dir", str(tmp_path / "runs"), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -134,7 +134,7 @@ def test_parallel_workers_give_the_same_results(tmp_path):
     """
     import torch
 
-    from benchmark.executors import JoblibExecutor
+    from daebench.executors import JoblibExecutor
 
     grid = parse_grid(MICRO_GRID)
     threads = torch.get_num_threads()
@@ -165,7 +165,7 @@ def test_scenarios_pick_surrogates_and_share_artifacts(tmp_path):
 
 
 def test_transfer_needs_a_known_surrogate():
-    from benchmark.errors import ConfigError
+    from daebench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="transfer_from 'nope' is not an encoder"):
         parse_grid({**MICRO_GRID, "scenarios": ["transfer"], "transfer_from": "nope"})
@@ -187,7 +187,7 @@ def test_zepad_end_to_end_three_branches_detection_and_white_box_surrogates(tmp_
     crafts = [n for n in report.plan.nodes.values() if n.stage == "craft"]
     surrogate_counts = sorted(len([r for r in n.inputs if r.startswith("surrogate")]) for n in crafts)
     assert surrogate_counts == [1, 2]  # semi-black-box: the victim; white-box: victim + partner
-    from benchmark.store import ArtifactStore
+    from daebench.store import ArtifactStore
 
     model = ArtifactStore(tmp_path / "cache").load_meta("defend", [n.key for n in report.plan.nodes.values()
                                                                   if n.stage == "defend" and n.spec["defense"] == "zepad"][0])
@@ -199,7 +199,7 @@ def test_a_parallel_run_leaves_the_callers_torch_thread_count_alone(tmp_path):
     count must be restored (found by CI: later in-process runs silently used 1 thread)."""
     import torch
 
-    from benchmark.executors import JoblibExecutor
+    from daebench.executors import JoblibExecutor
 
     before = torch.get_num_threads()
     grid = parse_grid({**MICRO_GRID, "attacks": [{"name": "uapgd", "params": {"steps": 1}}], "defenses": ["none"]})

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from benchmark.config import load_grid
-from benchmark.run import run_grid
+from daebench.config import load_grid
+from daebench.run import run_grid
 from tests.conftest import REPO, shared_file
 
 pytestmark = pytest.mark.slow

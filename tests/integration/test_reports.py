@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.cli import main
-from benchmark.report.results import PROVENANCE, TIMINGS, load_run
+from daebench.cli import main
+from daebench.report.results import PROVENANCE, TIMINGS, load_run
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -97,9 +97,9 @@ def test_reports_of_an_unknown_run_or_table_are_clear_errors(micro_run, capsys):
 
 def test_detection_accuracy_is_reported_for_a_defense_with_a_detector(micro_run, monkeypatch):
     """Evaluate with a detector: accuracy over clean (should pass) and adversarial (should be flagged)."""
-    from benchmark.stages import STAGES, StageContext
-    from benchmark.store import ArtifactStore
-    from defenses import DEFENSES
+    from daebench.stages import STAGES, StageContext
+    from daebench.store import ArtifactStore
+    from daebench.defenses import DEFENSES
 
     root, _, report = micro_run
     store = ArtifactStore(root / "cache")

@@ -15,10 +15,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmark.config import parse_grid
-from benchmark.errors import ConfigError
-from benchmark.run import run_grid
-from benchmark.store import ArtifactStore
+from daebench.config import parse_grid
+from daebench.errors import ConfigError
+from daebench.run import run_grid
+from daebench.store import ArtifactStore
 from tests.conftest import MICRO_GRID, REPO, write_grid
 
 METRICS = ["BA", "RA", "ASR", "n"]
@@ -41,7 +41,7 @@ def serial_one_thread(tmp_path_factory):
 
 
 def test_dask_local_cluster_runs_the_dag_once_into_the_same_store(serial_one_thread, tmp_path):
-    from benchmark.executors import DaskExecutor
+    from daebench.executors import DaskExecutor
 
     executor = DaskExecutor(workers=2)
     try:
@@ -67,7 +67,7 @@ def _crash_on_two(x: int) -> int:
 def test_a_dead_worker_fails_only_its_own_items(kind):
     """The executor turns a lost worker into `on_error(item, err)` for what it held; the rest complete.
     (Dask retries a task whose worker died `allowed-failures` times: 0 here, for speed.)"""
-    from benchmark.executors import DaskExecutor, JoblibExecutor
+    from daebench.executors import DaskExecutor, JoblibExecutor
 
     import contextlib
 
@@ -95,7 +95,7 @@ def test_a_dead_worker_fails_only_its_own_items(kind):
 
 def test_the_runner_turns_a_lost_worker_into_one_failed_stage(tmp_path):
     """A stage whose worker died is reported as failed, its descendants skipped, every other artifact kept."""
-    from benchmark.executors import JoblibExecutor
+    from daebench.executors import JoblibExecutor
 
     class LosesFirstDefend(JoblibExecutor):
         lost = None
@@ -120,7 +120,7 @@ def test_the_runner_turns_a_lost_worker_into_one_failed_stage(tmp_path):
 
 def _daebench(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", *args, "--no-progress"], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "daebench.cli", "run", *args, "--no-progress"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -141,7 +141,7 @@ def test_two_runs_racing_on_one_store_compute_each_artifact_once(tmp_path):
 
 
 def test_out_of_memory_halves_the_inference_batch_and_retries(micro_run, tmp_path, monkeypatch, caplog):
-    from benchmark import stages
+    from daebench import stages
 
     real = stages.STAGES["features"]
     seen = []
@@ -169,7 +169,7 @@ def test_out_of_memory_halves_the_inference_batch_and_retries(micro_run, tmp_pat
 
 
 def test_out_of_memory_in_a_training_stage_fails_cleanly_without_retrying(tmp_path, monkeypatch):
-    from benchmark import stages
+    from daebench import stages
 
     calls = []
 
@@ -234,7 +234,7 @@ def test_fuzzed_grid_configs_give_a_clear_error_or_a_valid_grid(changes, special
 @settings(max_examples=25, deadline=None)
 @given(text=st.text(max_size=200))
 def test_fuzzed_yaml_files_never_give_a_traceback(text, tmp_path_factory):
-    from benchmark.cli import main
+    from daebench.cli import main
 
     path = tmp_path_factory.mktemp("fuzz") / "grid.yaml"
     path.write_text(text)

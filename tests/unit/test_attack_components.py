@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks.advencoder import AdvEncoder, AdvEncoderGenerator, high_frequency_component, info_nce
-from attacks.pap import PAP, NoisePrior
-from attacks.ssp import feature_distortion
+from daebench.attacks.advencoder import AdvEncoder, AdvEncoderGenerator, high_frequency_component, info_nce
+from daebench.attacks.pap import PAP, NoisePrior
+from daebench.attacks.ssp import feature_distortion
 
 
 # -- AdvEncoder: high-frequency component ---------------------------------------
@@ -127,7 +127,7 @@ def test_pap_noise_statistics_are_redrawn_every_resample_every_iterations():
 
 
 def test_pap_rejects_inverted_ranges():
-    from benchmark.errors import ConfigError
+    from daebench.errors import ConfigError
     with pytest.raises(ConfigError):
         PAP.resolve_params("paper", {"mean_lo": 0.7, "mean_hi": 0.6})
 
@@ -147,7 +147,7 @@ def test_pap_noise_is_unclamped_when_crafting_is_unclamped():
 
 # -- UAP: PAP's augmentation -----------------------------------------------------------
 def test_random_resized_crop_flip_is_seeded_and_keeps_shape_and_range():
-    from attacks.uap import random_resized_crop_flip
+    from daebench.attacks.uap import random_resized_crop_flip
 
     x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     a = random_resized_crop_flip(x, torch.Generator().manual_seed(1))
@@ -158,7 +158,7 @@ def test_random_resized_crop_flip_is_seeded_and_keeps_shape_and_range():
 
 
 def test_random_resized_crop_of_the_whole_image_is_the_image_or_its_mirror():
-    from attacks.uap import random_resized_crop_flip
+    from daebench.attacks.uap import random_resized_crop_flip
 
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     out = random_resized_crop_flip(x, torch.Generator().manual_seed(2), scale=(1.0, 1.0), ratio=(1.0, 1.0))
@@ -167,7 +167,7 @@ def test_random_resized_crop_of_the_whole_image_is_the_image_or_its_mirror():
 
 
 def test_crop_box_follows_torchvisions_rule():
-    from attacks.uap import _crop_box
+    from daebench.attacks.uap import _crop_box
 
     g = torch.Generator().manual_seed(3)
     for _ in range(50):

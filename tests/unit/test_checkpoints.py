@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from benchmark.encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_encoder
-from benchmark.encoders.checkpoints import (
+from daebench.encoders.backbones import IMAGENET_MEAN, IMAGENET_STD, build_encoder
+from daebench.encoders.checkpoints import (
     file_sha256,
     load_encoder_weights,
     read_state_dict,
     remap_keys,
 )
-from benchmark.errors import CheckpointError
+from daebench.errors import CheckpointError
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CIFAR = SHARED / "cifar10-subset.npz"
@@ -261,7 +261,7 @@ def test_torchvision_and_timm_resnet18_state_dicts_load_with_identical_features(
     """An ImageNet-stem ResNet18 from torchvision or timm (random weights, BN statistics
     perturbed so they matter) loads into `resnet18_imagenet`; features match the source
     model's penultimate layer, and its `fc` head comes back as an extra."""
-    from benchmark.compat import import_torchvision
+    from daebench.compat import import_torchvision
 
     torchvision = import_torchvision()
     torch.manual_seed(0)
@@ -286,8 +286,8 @@ def test_torchvision_and_timm_resnet18_state_dicts_load_with_identical_features(
 
 
 def test_checkpoint_stage_keeps_the_solo_learn_probe_as_a_ready_made_head(tmp_path: Path) -> None:
-    from benchmark.encoders.checkpoints import ready_made_head
-    from benchmark.stages import StageContext, run_checkpoint
+    from daebench.encoders.checkpoints import ready_made_head
+    from daebench.stages import StageContext, run_checkpoint
 
     state = _source_state()
     path = tmp_path / "solo.ckpt"

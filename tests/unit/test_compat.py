@@ -15,7 +15,7 @@ def test_torchvision_and_lightly_import_through_the_shim():
         "from lightly.loss import NTXentLoss\n"
         "loss = NTXentLoss()(torch.randn(4, 8), torch.randn(4, 8))\n"
         "assert torch.isfinite(loss)\n"
-        "import benchmark.compat as c\n"
+        "import daebench.compat as c\n"
         "print('shim' if c.shim_applied else 'clean')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -24,6 +24,6 @@ def test_torchvision_and_lightly_import_through_the_shim():
 
 
 def test_import_is_idempotent():
-    from benchmark.compat import import_torchvision
+    from daebench.compat import import_torchvision
 
     assert import_torchvision() is import_torchvision()

@@ -1,7 +1,7 @@
 import pytest
 
-from benchmark.config import load_grid, parse_fraction, parse_grid
-from benchmark.errors import ConfigError
+from daebench.config import load_grid, parse_fraction, parse_grid
+from daebench.errors import ConfigError
 from tests.conftest import MICRO_GRID
 
 
@@ -91,8 +91,8 @@ def test_unknown_bundled_grid_name():
 
 
 def test_quick_grid_covers_every_registered_attack_and_defense():
-    from attacks import ATTACKS
-    from defenses import DEFENSES
+    from daebench.attacks import ATTACKS
+    from daebench.defenses import DEFENSES
 
     grid = load_grid("quick")
     assert {a.name for a in grid.attacks} == set(ATTACKS.names())

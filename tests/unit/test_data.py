@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.data import (
+from daebench.data import (
     DATASETS,
     ImageData,
     dataset_fingerprint,
@@ -17,7 +17,7 @@ from benchmark.data import (
     load_dataset,
     to_float,
 )
-from benchmark.errors import DataUnavailableError, UnknownNameError
+from daebench.errors import DataUnavailableError, UnknownNameError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

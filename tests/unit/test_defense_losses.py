@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from defenses.mart import mart_loss
-from defenses.trades import trades_kl
+from daebench.defenses.mart import mart_loss
+from daebench.defenses.trades import trades_kl
 
 
 def _softmax(row):
@@ -53,8 +53,8 @@ def test_mart_loss_matches_its_formula(logits):
 
 def test_deacl_loss_is_minus_three_when_student_equals_teacher_and_eps_is_tiny():
     """-cos(s(x), t(x)) - 2 cos(s(x'), s(x)) with s = t and x' ~ x: -1 - 2 = -3."""
-    from benchmark.encoders import build_encoder
-    from defenses.deacl import DeACL
+    from daebench.encoders import build_encoder
+    from daebench.defenses.deacl import DeACL
 
     torch.manual_seed(0)
     encoder = build_encoder("resnet18", width=8).eval()
@@ -69,7 +69,7 @@ def test_deacl_loss_is_minus_three_when_student_equals_teacher_and_eps_is_tiny()
 
 
 def test_random_crop_flip_keeps_shape_and_pixels():
-    from defenses.deacl import random_crop_flip
+    from daebench.defenses.deacl import random_crop_flip
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     out = random_crop_flip(x, 0, torch.Generator().manual_seed(0))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.data import ImageData, load_dataset
-from benchmark.encoders import build_encoder
-from defenses.genaf import GenAF
-from defenses.pgd_at import PGDAT
+from daebench.data import ImageData, load_dataset
+from daebench.encoders import build_encoder
+from daebench.defenses.genaf import GenAF
+from daebench.defenses.pgd_at import PGDAT
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_stage2_probe_set_comes_from_probe_data_when_named(digits):
 
 
 def test_stage2_moves_only_the_unfrozen_parameters_of_the_least_sensitive_layers(digits, monkeypatch):
-    from defenses import genaf
+    from daebench.defenses import genaf
 
     defense = GenAF(GenAF.resolve_params("tiny", {"epochs": 1, "batch_size": 64, "probe_samples": 32,
                                                   "stage2_epochs": 1, "stage2_selection": "last"}), seed=0)
@@ -99,7 +99,7 @@ def test_stage2_moves_only_the_unfrozen_parameters_of_the_least_sensitive_layers
 
 @pytest.mark.parametrize("mode, moves", [("eval", False), ("train", True)])
 def test_attack_mode_train_attacks_on_batch_statistics_as_madrys_pgd_at(mode, moves):
-    from benchmark.heads import make_head
+    from daebench.heads import make_head
 
     torch.manual_seed(0)
     encoder = build_encoder("resnet18", width=4)

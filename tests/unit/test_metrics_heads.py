@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from benchmark.heads import HeadParams, make_head, train_head
-from benchmark.metrics import robustness_metrics, wilson_interval
+from daebench.heads import HeadParams, make_head, train_head
+from daebench.metrics import robustness_metrics, wilson_interval
 
 
 def test_metrics_are_sample_weighted():
@@ -43,7 +43,7 @@ def test_head_training_is_deterministic_and_learns():
 
 
 def test_batch_mean_accuracy_is_the_reference_mean_of_per_batch_accuracies():
-    from benchmark.metrics import batch_mean_accuracy
+    from daebench.metrics import batch_mean_accuracy
 
     hits = torch.tensor([True] * 256 + [False] * 4)  # a full batch all right, a short one all wrong
     assert batch_mean_accuracy(hits) == pytest.approx(0.5)  # the reference's figure

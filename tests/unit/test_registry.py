@@ -2,8 +2,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark.errors import RegistryCollisionError, UnknownNameError
-from benchmark.registry import Registry
+from daebench.errors import RegistryCollisionError, UnknownNameError
+from daebench.registry import Registry
 
 
 def test_decorator_registration_and_lookup():
@@ -47,7 +47,7 @@ def test_lazy_entries_import_only_on_lookup():
 
 
 def test_entry_point_discovery(monkeypatch):
-    import benchmark.registry as registry_module
+    import daebench.registry as registry_module
 
     eps = [SimpleNamespace(name="ordered", value="collections:OrderedDict"),
            SimpleNamespace(name="mod", value="json")]
@@ -60,11 +60,11 @@ def test_entry_point_discovery(monkeypatch):
 
 
 def test_builtin_registries_hold_the_first_plugins():
-    from attacks import ATTACKS
-    from benchmark.data import DATASETS
-    from benchmark.encoders import ENCODERS
-    from benchmark.encoders.ssl import SSL_METHODS
-    from defenses import DEFENSES
+    from daebench.attacks import ATTACKS
+    from daebench.data import DATASETS
+    from daebench.encoders import ENCODERS
+    from daebench.encoders.ssl import SSL_METHODS
+    from daebench.defenses import DEFENSES
 
     assert {"embedattack", "uapgd"} <= set(ATTACKS.names())
     assert {"none", "pgd_at"} <= set(DEFENSES.names())

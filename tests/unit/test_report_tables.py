@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.errors import UnknownNameError
-from benchmark.report.paper import paper_results
-from benchmark.report.tables import TABLES, TableContext, build_table, paper_subset, to_latex, to_markdown, write_tables
+from daebench.errors import UnknownNameError
+from daebench.report.paper import paper_results
+from daebench.report.tables import TABLES, TableContext, build_table, paper_subset, to_latex, to_markdown, write_tables
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tables"

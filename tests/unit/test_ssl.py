@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from benchmark.encoders import build_encoder
-from benchmark.encoders.knn import knn_accuracy
-from benchmark.encoders.ssl import SSL_METHODS, pretrain
-from benchmark.encoders.ssl.augment import AugmentParams, augment
+from daebench.encoders import build_encoder
+from daebench.encoders.knn import knn_accuracy
+from daebench.encoders.ssl import SSL_METHODS, pretrain
+from daebench.encoders.ssl.augment import AugmentParams, augment
 
 
 def test_augment_is_per_sample_valid_and_seeded():
@@ -126,7 +126,7 @@ def test_multi_crop_adds_small_views(method, monkeypatch):
 
 
 def test_swav_queue_fills_from_the_first_step_and_frozen_prototypes_stay_put():
-    from benchmark.encoders.ssl.swav import SwAV
+    from daebench.encoders.ssl.swav import SwAV
 
     x = (torch.rand(64, 3, 16, 16) * 255).to(torch.uint8)
     params = SwAV.resolve_params("tiny", {"epochs": 3, "batch_size": 16, "queue_size": 32, "epoch_queue_starts": 1,
@@ -143,7 +143,7 @@ def test_swav_queue_fills_from_the_first_step_and_frozen_prototypes_stay_put():
         return original(high, low, queue_outputs=queue_outputs)
 
     model.criterion.forward = spy
-    from benchmark.encoders.ssl import base
+    from daebench.encoders.ssl import base
 
     class Fixed:  # hand pretrain() this very instance
         def get(self, name):

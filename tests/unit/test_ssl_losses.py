@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.encoders.ssl.heads import IterNorm
-from benchmark.encoders.ssl.mocov3 import mocov3_loss
-from benchmark.encoders.ssl.ressl import ressl_loss
-from benchmark.encoders.ssl.supcon import supcon_loss
-from benchmark.encoders.ssl.vibcreg import decorrelation_term, variance_term, vibcreg_loss
+from daebench.encoders.ssl.heads import IterNorm
+from daebench.encoders.ssl.mocov3 import mocov3_loss
+from daebench.encoders.ssl.ressl import ressl_loss
+from daebench.encoders.ssl.supcon import supcon_loss
+from daebench.encoders.ssl.vibcreg import decorrelation_term, variance_term, vibcreg_loss
 
 g = torch.Generator().manual_seed(0)
 
@@ -40,7 +40,7 @@ def test_supcon_matches_its_formulas():
 
 
 def test_nnclr_matches_its_formula():
-    from benchmark.encoders.ssl.nnclr import nnclr_loss
+    from daebench.encoders.ssl.nnclr import nnclr_loss
 
     nn_, p = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
     assert nnclr_loss(nn_, p, 0.2).item() == pytest.approx(_info_nce_direct(nn_, p, 0.2), rel=1e-9)

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from benchmark.store import ArtifactStore, CorruptArtifactError, artifact_key
+from daebench.store import ArtifactStore, CorruptArtifactError, artifact_key
 
 
 def test_key_is_canonical_and_sensitive():
@@ -56,7 +56,7 @@ def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path):
 
 def test_stale_temp_dirs_are_judged_per_host(tmp_path):
     """On a shared filesystem a pid means nothing for another host: its leftovers go only when old."""
-    from benchmark.store import HOST
+    from daebench.store import HOST
 
     store = ArtifactStore(tmp_path)
     tmp = tmp_path / ".tmp"
@@ -74,7 +74,7 @@ def test_stale_temp_dirs_are_judged_per_host(tmp_path):
 
 
 def test_store_accepts_file_urls_and_refuses_object_stores(tmp_path):
-    from benchmark.errors import StoreError
+    from daebench.errors import StoreError
 
     assert ArtifactStore(f"file://{tmp_path}").root == tmp_path
     with pytest.raises(StoreError, match="POSIX filesystem.*Mount it"):

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from benchmark.config import EncoderSpec
-from defenses.zepad import ZePAD, rfdm_weight
+from daebench.config import EncoderSpec
+from daebench.defenses.zepad import ZePAD, rfdm_weight
 
 FUSION = {"method": "rfdm", "mpae": [0, 1], "bmp": 2, "threshold": 0.1}
 
@@ -45,7 +45,7 @@ def test_detector_flags_when_mpae_is_more_confident_than_bmp_by_the_threshold():
 
 
 def _byol_partner() -> str:
-    from benchmark.encoders.ssl import SSL_METHODS
+    from daebench.encoders.ssl import SSL_METHODS
 
     return "nnclr" if "nnclr" in SSL_METHODS else "simclr"  # NNCLR lands with the encoder zoo
 
@@ -73,7 +73,7 @@ def test_released_sources_where_the_grid_has_their_data():
 
 
 def test_explicit_sources_take_any_encoder_spec_and_reject_bad_ones():
-    from benchmark.errors import ConfigError
+    from daebench.errors import ConfigError
 
     victim = EncoderSpec(method="simclr", dataset="cifar10", width=16)
     params = ZePAD.Params(partners=[{"checkpoint": "ckpts/byol-imagenet100.ckpt"}], bmp={"method": "simclr", "dataset": "svhn"})
@@ -95,9 +95,9 @@ def test_ablation_switches_drop_branches():
 
 def test_generator_source_fine_tunes_on_x_plus_a_universal_perturbation():
     """adv_source: generator (Algorithm 1): the MPAE encoders train on x + G within eps."""
-    from benchmark.data import ImageData, load_dataset
-    from benchmark.encoders import build_encoder
-    from defenses import zepad
+    from daebench.data import ImageData, load_dataset
+    from daebench.encoders import build_encoder
+    from daebench.defenses import zepad
 
     d = load_dataset("digits", image_size=16)
     data = ImageData("d", d.x_train[:96], d.y_train[:96], d.x_test[:32], d.y_test[:32], d.num_classes)
@@ -149,7 +149,7 @@ def test_a_pinned_lr_goes_to_partners_only_with_its_optimiser():
 
 
 def test_the_tiny_profile_trains_every_method_with_adam_at_1e_3_for_batch_64():
-    from benchmark.encoders.ssl import SSL_METHODS
+    from daebench.encoders.ssl import SSL_METHODS
 
     for name in SSL_METHODS.names():
         params = SSL_METHODS.get(name).resolve_params("tiny")

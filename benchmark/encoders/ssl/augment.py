@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from benchmark.plugins import Params
+from daebench.plugins import Params
 
 _GRAY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -159,7 +159,7 @@ def pil_pipeline(p: AugmentParams, size: int):
 
     from PIL import ImageFilter, ImageOps
 
-    from benchmark.compat import import_torchvision
+    from daebench.compat import import_torchvision
 
     T = import_torchvision().transforms
     steps = [T.RandomResizedCrop(size, scale=(p.crop_min_scale, p.crop_max_scale),

@@ -25,12 +25,12 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.compat import import_torchvision
-from benchmark.encoders.backbones import Encoder
-from benchmark.encoders.ssl.augment import AugmentParams, augment
-from benchmark.plugins import Configurable, Params
-from benchmark.registry import Registry
-from benchmark.runtime import batches, seed_everything
+from daebench.compat import import_torchvision
+from daebench.encoders.backbones import Encoder
+from daebench.encoders.ssl.augment import AugmentParams, augment
+from daebench.plugins import Configurable, Params
+from daebench.registry import Registry
+from daebench.runtime import batches, seed_everything
 
 import_torchvision()  # lightly imports torchvision; must come first on CPU torch
 
@@ -38,7 +38,7 @@ Optimizer = Literal["lars", "sgd", "adam"]
 
 SSL_METHODS: Registry = Registry(
     "SSL method", entry_point_group="daebench.ssl_methods",
-    builtin_package="benchmark.encoders.ssl",  # one module per method
+    builtin_package="daebench.encoders.ssl",  # one module per method
 
 )
 register_ssl_method = SSL_METHODS.register

@@ -15,8 +15,8 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams, asymmetric_second_view
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
+from daebench.encoders.ssl.augment import AugmentParams, asymmetric_second_view
+from daebench.encoders.ssl.base import SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams, asymmetric_second_view
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import MomentumPair, fp32, full_precision
+from daebench.encoders.ssl.augment import AugmentParams, asymmetric_second_view
+from daebench.encoders.ssl.base import SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import MomentumPair, fp32, full_precision
 
 
 class DINOParams(SSLParams):

@@ -13,9 +13,9 @@ from __future__ import annotations
 from lightly.loss import NTXentLoss
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams, symmetric_weak
-from benchmark.encoders.ssl.base import Optimizer, SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import MomentumPair, fp32, mlp
+from daebench.encoders.ssl.augment import AugmentParams, symmetric_weak
+from daebench.encoders.ssl.base import Optimizer, SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import MomentumPair, fp32, mlp
 
 
 class MoCoV2PlusParams(SSLParams):

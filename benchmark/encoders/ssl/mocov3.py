@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams, asymmetric_second_view
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import MomentumPair, fp32, full_precision, mlp
+from daebench.encoders.ssl.augment import AugmentParams, asymmetric_second_view
+from daebench.encoders.ssl.base import SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import MomentumPair, fp32, full_precision, mlp
 
 
 def mocov3_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from lightly.models.modules import NNCLRPredictionHead, NNCLRProjectionHead, NNMemoryBankModule
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams, asymmetric_second_view
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import fp32, full_precision
+from daebench.encoders.ssl.augment import AugmentParams, asymmetric_second_view
+from daebench.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import fp32, full_precision
 
 __all__ = ["NNCLR", "NNCLRParams", "asymmetric_second_view", "nnclr_loss"]
 

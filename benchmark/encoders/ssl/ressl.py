@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from lightly.models.modules.memory_bank import MemoryBankModule
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams
-from benchmark.encoders.ssl.base import Optimizer, SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import MomentumPair, fp32, full_precision, mlp
+from daebench.encoders.ssl.augment import AugmentParams
+from daebench.encoders.ssl.base import Optimizer, SSLMethod, SSLParams, momentum_tau, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import MomentumPair, fp32, full_precision, mlp
 
 
 def ressl_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature_q: float,

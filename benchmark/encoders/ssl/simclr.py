@@ -10,9 +10,9 @@ from __future__ import annotations
 from lightly.loss import NTXentLoss
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams, symmetric
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import mlp
+from daebench.encoders.ssl.augment import AugmentParams, symmetric
+from daebench.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import mlp
 
 
 class SimCLRParams(SSLParams):

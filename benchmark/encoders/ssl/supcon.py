@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams, symmetric
-from benchmark.encoders.ssl.base import Optimizer, SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import fp32, full_precision, mlp
+from daebench.encoders.ssl.augment import AugmentParams, symmetric
+from daebench.encoders.ssl.base import Optimizer, SSLMethod, SSLParams, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import fp32, full_precision, mlp
 
 
 def _log_prob(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

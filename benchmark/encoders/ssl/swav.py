@@ -18,9 +18,9 @@ from lightly.models.modules import SwaVProjectionHead
 from pydantic import Field
 from torch import nn
 
-from benchmark.encoders.ssl.augment import AugmentParams, symmetric
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import fp32, full_precision
+from daebench.encoders.ssl.augment import AugmentParams, symmetric
+from daebench.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import fp32, full_precision
 
 
 class SwAVParams(SSLParams):

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from benchmark.encoders.ssl.augment import AugmentParams
-from benchmark.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import IterNorm, fp32, full_precision, mlp
+from daebench.encoders.ssl.augment import AugmentParams
+from daebench.encoders.ssl.base import SSLMethod, SSLParams, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import IterNorm, fp32, full_precision, mlp
 
 
 def variance_term(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

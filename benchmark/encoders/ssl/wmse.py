@@ -17,9 +17,9 @@ from lightly.loss import WMSELoss
 from lightly.loss.wmse_loss import norm_mse_loss
 from pydantic import Field
 
-from benchmark.encoders.ssl.augment import AugmentParams
-from benchmark.encoders.ssl.base import Optimizer, SSLMethod, SSLParams, register_ssl_method, tiny
-from benchmark.encoders.ssl.heads import fp32, full_precision, mlp
+from daebench.encoders.ssl.augment import AugmentParams
+from daebench.encoders.ssl.base import Optimizer, SSLMethod, SSLParams, register_ssl_method, tiny
+from daebench.encoders.ssl.heads import fp32, full_precision, mlp
 
 
 def wmse_pair_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
