@@ -18,6 +18,7 @@ class UniformNoise(Attack):
 
     Params = AttackParams
     universal = False
+    profile_free = True
 
     def perturb(self, surrogate, x, generator):
         return (torch.rand(x.shape, generator=generator) * 2 - 1) * self.eps

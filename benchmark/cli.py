@@ -14,7 +14,6 @@ from pathlib import Path
 from daebench.errors import DAEBenchError
 
 LISTABLE = ("attacks", "defenses", "encoders", "datasets", "ssl")
-REPORTS = Path("results/reports")
 
 
 def _registries():
@@ -28,7 +27,7 @@ def _registries():
 
 
 def cmd_encoders(args: argparse.Namespace) -> int:
-    from daebench.encoders.zoo import encoder_grid, list_encoders, pretrain_encoder
+    from daebench.encoders.zoo import list_encoders
 
     if args.encoders_command == "list":
         rows = list_encoders(args.cache_dir)
@@ -40,13 +39,14 @@ def cmd_encoders(args: argparse.Namespace) -> int:
         print(pd.DataFrame(rows).to_string(index=False))
         return 0
     from daebench.config import parse_overrides
+    from daebench.plan import standalone_encoder
+    from daebench.run import run_stage
 
     overrides = parse_overrides(args.set)
     width = args.width or (16 if args.profile == "tiny" else 64)
-    grid = encoder_grid(args.method, args.dataset, args.profile, width, args.seed, overrides, args.device)
-    result = pretrain_encoder(grid, args.cache_dir, progress=True)
-    meta = result.meta
-    print(f"{'cache hit' if result.cached else 'trained'}: {grid.encoders[0].name} (key {result.key[:12]}) "
+    encoder, spec = standalone_encoder(args.method, args.dataset, args.profile, width, args.seed, overrides)
+    cached, meta = run_stage(spec, f"pretrain {encoder.name}", args.cache_dir, args.device)
+    print(f"{'cache hit' if cached else 'trained'}: {encoder.name} (key {spec.key[:12]}) "
           f"kNN accuracy {meta['knn_accuracy']:.4f} (random init {meta.get('random_init_knn_accuracy', float('nan')):.4f}), "
           f"{meta['seconds'] / 60:.1f} min")
     return 0
@@ -55,7 +55,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from daebench.config import load_grid
     from daebench.executors import JoblibExecutor
-    from daebench.run import format_results, run_grid
+    from daebench.results import format_results, run_grid
     from daebench.runtime import configure_threads
 
     configure_threads()
@@ -119,16 +119,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.config)
     plan = plan_grid(grid) if args.plan else None
-    cells = len(grid.encoders) * len(grid.attacks) * len(grid.defenses) * len(grid.fine_tune_data) \
-        * len(grid.downstream) * len(grid.eps) * len(grid.seeds)
+    cells = len(plan.cells) if plan else grid.cell_count()
     print(f"{args.config}: valid grid '{grid.name}' with {cells} cells"
           + (f" and {len(plan.nodes)} unique stages" if plan else ""))
     return 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from daebench.report.results import load_run
-    from daebench.run import format_results
+    from daebench.results import format_results, load_run
 
     print(format_results(load_run(args.run, args.runs_dir).results))
     return 0
@@ -148,8 +146,9 @@ def _context(args: argparse.Namespace) -> dict:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from daebench.report.results import load_run
+    from daebench.paths import default_reports
     from daebench.report.tables import TABLES, write_tables
+    from daebench.results import load_run
 
     run = load_run(args.run, args.runs_dir)
     names = [TABLES.check(n) for n in args.table] if args.table else None
@@ -158,7 +157,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
         from daebench.report.paper import paper_results
 
         paper = paper_results()
-    out = Path(args.out) if args.out else REPORTS / run.name / "tables"
+    out = Path(args.out) if args.out else default_reports() / run.name / "tables"
     when = sorted(run.results.time_utc.dropna())[-1][:10] if "time_utc" in run.results else "date unrecorded"
     header = (f"# Tables of run `{run.name}`\n\n{run.info.get('description', '')}; results computed up to {when} "
               f"(every row's date, commit, versions and device are in the run's results.csv). "
@@ -169,12 +168,13 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
+    from daebench.paths import default_reports
     from daebench.report.plots import PLOTS, write_plots
-    from daebench.report.results import load_run
+    from daebench.results import load_run
 
     run = load_run(args.run, args.runs_dir)
     names = [PLOTS.check(n) for n in args.plot] if args.plot else None
-    out = Path(args.out) if args.out else REPORTS / run.name / "plots"
+    out = Path(args.out) if args.out else default_reports() / run.name / "plots"
     files, skipped = write_plots(run, out, names, **_context(args))
     print(f"{len(files)} files in {out}")
     for name, why in skipped.items():
@@ -197,7 +197,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from daebench.run import DEFAULT_CACHE, DEFAULT_RUNS
+    from daebench.paths import default_cache, default_runs
+
+    DEFAULT_CACHE, DEFAULT_RUNS = default_cache(), default_runs()
 
     parser = argparse.ArgumentParser(prog="daebench", description="Downstream-agnostic adversarial examples vs. defenses of SSL encoders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,9 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe parameter (YAML value), e.g. --set epochs=5 --set amp=true")
     pre.add_argument("--device", default="auto")
-    pre.add_argument("--cache-dir", default="results/cache")
+    pre.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="artifact store (default %(default)s)")
     els = enc_sub.add_parser("list", help="cached encoders with their kNN accuracy")
-    els.add_argument("--cache-dir", default="results/cache")
+    els.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="artifact store (default %(default)s)")
     enc.set_defaults(fn=cmd_encoders)
     lst = sub.add_parser("list", help="list registered plugins")
     lst.add_argument("kind", nargs="?", choices=LISTABLE)

@@ -186,6 +186,15 @@ class GridSpec(_Strict):
         names += [e.dataset for e in self.encoders + self.surrogates if e.dataset]
         return list(dict.fromkeys(names))
 
+    def cell_count(self) -> int:
+        """Rows the grid's results table will have (what the planner expands: every scenario too)."""
+        sizes = (self.encoders, self.attacks, self.defenses, self.fine_tune_data, self.downstream, self.eps,
+                 self.seeds, self.scenarios)
+        count = 1
+        for axis in sizes:
+            count *= len(axis)
+        return count
+
     def heads_for(self, downstream: str) -> HeadParams:
         """The head settings of one D_d: `heads` with that dataset's `heads_by_dataset` overrides."""
         return self.heads.model_copy(update=self.heads_by_dataset.get(downstream, {}))
@@ -255,10 +264,25 @@ def parse_grid(raw: Any, where: str = "(inline)") -> GridSpec:
     return grid
 
 
+def dataset_problem(name: str, source: str) -> str | None:
+    """What is wrong with a dataset reference (an npz file that is not there, an unknown
+    registry name with its did-you-mean), or None."""
+    from daebench.data import DATASETS
+
+    if source.startswith("npz:"):
+        if not Path(source[4:]).expanduser().is_file():
+            return f"dataset '{name}': npz file '{source[4:]}' does not exist (relative paths are read from {Path.cwd()})"
+        return None
+    try:
+        DATASETS.check(source)
+    except DAEBenchError as err:
+        return str(err)
+    return None
+
+
 def validate_against_registries(grid: GridSpec, where: str = "") -> None:
     """Names and plugin parameters, checked against what is registered."""
     from daebench.attacks import ATTACKS
-    from daebench.data import DATASETS
     from daebench.encoders import ENCODERS
     from daebench.encoders.ssl import SSL_METHODS
     from daebench.defenses import DEFENSES
@@ -291,11 +315,7 @@ def validate_against_registries(grid: GridSpec, where: str = "") -> None:
         if cls is not None:
             guard(cls.resolve_params, cls.profile_for(spec.profile, grid.profile), spec.params, f"defense '{spec.display}'")
     for name in grid.all_dataset_names():
-        source = grid.dataset_source(name)
-        if source.startswith("npz:"):
-            if not Path(source[4:]).expanduser().is_file():
-                problems.append(f"dataset '{name}': npz file '{source[4:]}' does not exist (relative paths are read from {Path.cwd()})")
-        else:
-            guard(DATASETS.check, source)
+        if (problem := dataset_problem(name, grid.dataset_source(name))) is not None:
+            problems.append(problem)
     if problems:
         raise ConfigError(f"Grid config {where} names things that do not exist: " + "; ".join(problems) + ". Nothing was run.")

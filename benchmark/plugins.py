@@ -41,6 +41,9 @@ class Configurable:
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Part of every artifact key: bump it when a change alters what the plugin computes.
     version: ClassVar[int] = 1
+    #: True for a plugin whose cost no profile changes (nothing trained, no iteration
+    #: budget): it needs no `tiny` profile, and a grid does not warn that it lacks one.
+    profile_free: ClassVar[bool] = False
 
     @classmethod
     def profile_names(cls) -> list[str]:

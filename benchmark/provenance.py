@@ -17,7 +17,7 @@ import daebench
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(benchmark.__file__).resolve().parent)
+                             cwd=Path(daebench.__file__).resolve().parent)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -30,7 +30,7 @@ def provenance(device: str = "cpu") -> dict:
     if dev.startswith("cuda") and torch.cuda.is_available():
         dev = f"{dev} ({torch.cuda.get_device_name()})"
     return {
-        "daebench": benchmark.__version__,
+        "daebench": daebench.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "git_commit": git_commit(),

@@ -29,15 +29,13 @@ from tqdm.auto import tqdm
 from daebench.config import GridSpec
 from daebench.errors import DAEBenchError, StageFailedError
 from daebench.executors import Executor, JoblibExecutor
-from daebench.plan import Node, Plan, grid_hash, plan_grid
-from daebench.provenance import provenance
-from daebench.report.results import collect_results, write_results
+from daebench.paths import default_cache
+from daebench.plan import Node, Plan, plan_grid
+from daebench.specs import StageSpec
 from daebench.stages import STAGES, StageContext
 from daebench.store import ArtifactStore
 
 log = logging.getLogger("daebench")
-DEFAULT_CACHE = Path(os.environ.get("DAEBENCH_CACHE", "results/cache"))
-DEFAULT_RUNS = Path(os.environ.get("DAEBENCH_RUNS", "results/runs"))
 
 
 @dataclass
@@ -70,13 +68,12 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
             if store.verify(node.stage, node.key):
                 return NodeOutcome(node.key, node.stage, node.label, 0.0, computed_elsewhere=True)
             started = time.perf_counter()  # the stage's own time, not time spent waiting for the lock
-            inputs = {role: store.load(_stage_of(store, key), key) for role, key in node.inputs.items()}
+            inputs = {role: store.load(ref.stage, ref.key) for role, ref in node.refs.items()}
             scratch = store.scratch_path(node.key)
             tensors, meta, batch = _run_stage(node, dataclasses.replace(ctx, scratch=str(scratch)), inputs)
             seconds = time.perf_counter() - started
             store.save(node.stage, node.key, tensors, {
-                "spec": {k: v for k, v in node.spec.items() if not k.startswith("_")},
-                "inputs": node.inputs, "label": node.label, "seconds": seconds,
+                "spec": node.spec.hashed(), "inputs": node.inputs, "label": node.label, "seconds": seconds,
                 "provenance": prov(ctx.device), **meta,
             })
             shutil.rmtree(scratch, ignore_errors=True)
@@ -123,13 +120,6 @@ def _lost_worker(node: Node, err: BaseException) -> NodeOutcome:
                        f"every finished artifact is kept, re-run to retry it")
 
 
-def _stage_of(store: ArtifactStore, key: str) -> str:
-    for stage in STAGES:
-        if store.exists(stage, key):
-            return stage
-    raise FileNotFoundError(f"input artifact {key} is missing from the store at {store.root}")
-
-
 @dataclass
 class RunReport:
     grid: GridSpec
@@ -156,11 +146,12 @@ class RunReport:
         return "\n".join(lines)
 
 
-def run_grid(
-    grid: GridSpec, cache_dir: str | os.PathLike = DEFAULT_CACHE, runs_dir: str | os.PathLike | None = DEFAULT_RUNS,
-    executor: Executor | None = None, progress: bool = True, raise_on_failure: bool = True,
-) -> RunReport:
+def run_plan(grid: GridSpec, cache_dir: str | os.PathLike | None = None, executor: Executor | None = None,
+             progress: bool = True) -> RunReport:
+    """Plan the grid and compute every artifact it needs that the store lacks. The
+    results table and the run's record are the results layer's (`daebench.results.run_grid`)."""
     started = time.perf_counter()
+    cache_dir = default_cache() if cache_dir is None else cache_dir
     executor = executor or JoblibExecutor(1)
     store = ArtifactStore(cache_dir)
     store.clean_stale_tmp()
@@ -210,14 +201,23 @@ def run_grid(
                         bar.update(1)
     bar.close()
     report.skipped = len(dead)
-    report.results = collect_results(plan, store, grid_hash(grid))
     report.cache_dir = store.root
     report.wall_seconds = time.perf_counter() - started
-    if runs_dir is not None:
-        report.run_dir = write_run(report, Path(runs_dir))
-    if report.failures and raise_on_failure:
-        raise StageFailedError(failure_message(report))
     return report
+
+
+def run_stage(spec: StageSpec, label: str, cache_dir: str | os.PathLike | None = None, device: str = "auto",
+              progress: bool = True) -> tuple[bool, dict[str, Any]]:
+    """Compute one stage outside a grid (its inputs must be in the store), or find it
+    cached: (cached, its metadata). Raises `StageFailedError` with the stage's error."""
+    store = ArtifactStore(default_cache() if cache_dir is None else cache_dir)
+    node = Node(spec, label, spec.key)
+    cached = store.verify(node.stage, node.key)
+    if not cached:
+        outcome = execute_node(node, str(store.root.resolve()), StageContext(device=device, progress=progress))
+        if outcome.error:
+            raise StageFailedError(f"{label} failed:\n{outcome.error}")
+    return cached, store.load_meta(node.stage, node.key)
 
 
 def failure_message(report: RunReport) -> str:
@@ -228,40 +228,3 @@ def failure_message(report: RunReport) -> str:
         # A clean DAEBenchError is one paragraph; a traceback's last line says what broke.
         parts.append(f"[{f.label}] {first[-1] if len(first) > 1 and first[0].startswith('Traceback') else f.error.strip()}")
     return " ".join(parts)
-
-
-def write_run(report: RunReport, runs_dir: Path) -> Path:
-    """results.csv/.parquet + the exact grid + provenance, side by side (numbers never travel alone)."""
-    import json
-
-    import yaml
-
-    run_dir = runs_dir / report.grid.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_results(report.results, run_dir)
-    (run_dir / "grid.yaml").write_text(yaml.safe_dump(report.grid.model_dump(mode="json"), sort_keys=False))
-    run_info: dict[str, Any] = {
-        "grid": report.grid.name, "description": report.grid.description, "grid_hash": grid_hash(report.grid),
-        **provenance(report.grid.device),
-        "cache_dir": str(Path(report.cache_dir).resolve()) if report.cache_dir else None,
-        "wall_seconds": round(report.wall_seconds, 2), "cached": dict(report.hits), "computed": dict(report.computed),
-        "stage_seconds": {k: round(v, 2) for k, v in report.seconds.items()},
-        "failures": [{"stage": f.label, "error": f.error} for f in report.failures],
-        "corrupted": report.corrupted,
-    }
-    (run_dir / "run.json").write_text(json.dumps(run_info, indent=1))
-    return run_dir
-
-
-TABLE_COLUMNS = ["encoder", "defense", "D_f", "D_d", "attack", "eps", "BA", "RA", "ASR", "n"]
-
-
-def format_results(df: pd.DataFrame) -> str:
-    """The BA / RA / ASR table in percent, with 95% intervals, as the CLI prints it."""
-    if df.empty:
-        return "(no results yet)"
-    out = df.copy()
-    for m in ("BA", "RA", "ASR"):
-        out[m] = [f"{100 * v:5.1f} [{100 * lo:4.1f},{100 * hi:5.1f}]" for v, lo, hi in zip(out[m], out[f"{m}_lo"], out[f"{m}_hi"])]
-    out["eps"] = [f"{255 * e:.0f}/255" for e in out["eps"]]
-    return out[[c for c in TABLE_COLUMNS if c in out]].to_string(index=False)

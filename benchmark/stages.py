@@ -7,10 +7,10 @@
     head(train features)                                 -> one head per branch
     evaluate(head, clean test features, adv features)    -> BA / RA / ASR
 
-A stage gets its spec (a JSON dict; keys starting with "_" are runtime details
-such as file paths, left out of the artifact key) and its input artifacts, and
-returns (tensors, meta). It never touches the store or the grid: the runner does,
-so the same functions run under joblib locally or on Dask workers.
+A stage gets its typed spec (`daebench.specs`: what to compute, how to reach the
+data) and its input artifacts by role, and returns (tensors, meta). It never touches
+the store or the grid: the runner does, so the same functions run under joblib
+locally or on Dask workers.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from daebench.encoders.backbones import build_encoder, pack_branches, unpack_bra
 from daebench.heads import HeadParams, make_head, predict_logits, train_head
 from daebench.metrics import detection_metrics, robustness_metrics
 from daebench.runtime import batches, seed_everything
+from daebench.specs import (STAGE_VERSIONS, CheckpointSpec, CraftSpec, DataSpec, DefendSpec, EvaluateSpec,
+                            FeaturesSpec, HeadSpec, PretrainSpec, StageSpec)
 from daebench.store import Artifact
 
 Tensors = dict[str, torch.Tensor]
-StageFn = Callable[["StageContext", dict, dict[str, Artifact]], tuple[Tensors, dict]]
-
-#: Bump a stage's version when its code changes what it computes: its artifacts
-#: (and everything downstream of them) then get new keys and are recomputed.
-STAGE_VERSIONS = {"pretrain": 1, "checkpoint": 1, "craft": 1, "defend": 1, "features": 1, "head": 1, "evaluate": 3}
+StageFn = Callable[["StageContext", StageSpec, dict[str, Artifact]], tuple[Tensors, dict]]
 STAGES: dict[str, StageFn] = {}
+__all__ = ["STAGES", "STAGE_VERSIONS", "StageContext", "encode_images"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,8 @@ class StageContext:
 
         return resolve_device(self.device)
 
-    def dataset(self, spec: dict) -> ImageData:
-        return load_dataset(spec["_source"], image_size=spec["image_size"], root=self.data_root, download=self.download)
+    def dataset(self, spec: DataSpec) -> ImageData:
+        return load_dataset(spec.source, image_size=spec.image_size, root=self.data_root, download=self.download)
 
 
 def stage(name: str) -> Callable[[StageFn], StageFn]:
@@ -69,20 +68,20 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
 
 # -- encoders ------------------------------------------------------------------
 @stage("pretrain")
-def run_pretrain(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+def run_pretrain(ctx: StageContext, spec: PretrainSpec, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
     from daebench.encoders.knn import knn_accuracy
     from daebench.encoders.ssl import SSL_METHODS, pretrain
 
-    method = SSL_METHODS.get(spec["method"])
-    params = method.Params(**spec["params"])
-    data = ctx.dataset(spec["data"])
-    seed_everything(spec["seed"])  # the encoder's initial weights depend on it
-    encoder = build_encoder(**spec["arch"])
+    method = SSL_METHODS.get(spec.method)
+    params = method.Params(**spec.params)
+    data = ctx.dataset(spec.data)
+    seed_everything(spec.seed)  # the encoder's initial weights depend on it
+    encoder = build_encoder(**spec.arch)
     # The quality figure's floor: the same architecture, randomly initialised (eval mode:
     # encoding touches no weights, statistics or random state).
     random_init_knn = knn_accuracy(encode_images(encoder, data.x_train, ctx.torch_device, ctx.batch_size), data.y_train,
                                    encode_images(encoder, data.x_test, ctx.torch_device, ctx.batch_size), data.y_test)
-    log = pretrain(spec["method"], params, encoder, data.x_train, spec["seed"], ctx.torch_device, ctx.progress,
+    log = pretrain(spec.method, params, encoder, data.x_train, spec.seed, ctx.torch_device, ctx.progress,
                    y_train=data.y_train)
     train_f = encode_images(encoder, data.x_train, ctx.torch_device, ctx.batch_size)
     test_f = encode_images(encoder, data.x_test, ctx.torch_device, ctx.batch_size)
@@ -93,33 +92,33 @@ def run_pretrain(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> 
 
 
 @stage("checkpoint")
-def run_checkpoint(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+def run_checkpoint(ctx: StageContext, spec: CheckpointSpec, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
     from daebench.encoders.checkpoints import load_encoder_weights
 
-    encoder = build_encoder(**spec["arch"])
-    extras = load_encoder_weights(encoder, spec["_path"], key_map=spec.get("key_map"))
+    encoder = build_encoder(**spec.arch)
+    extras = load_encoder_weights(encoder, spec.path, key_map=spec.key_map)
     tensors, meta = pack_branches([encoder])
     # Kept, not dropped: a solo-learn `classifier.*` probe or a torchvision `fc.*` head is a
     # ready-made linear head for the pre-training dataset (`checkpoints.ready_made_head`).
     tensors.update({f"extra.{k}": v.detach().clone() for k, v in extras.items()})
-    return tensors, {**meta, "source_file": Path(spec["_path"]).name, "extra_tensors": sorted(extras)}
+    return tensors, {**meta, "source_file": Path(spec.path).name, "extra_tensors": sorted(extras)}
 
 
 # -- attack ----------------------------------------------------------------------
 @stage("craft")
-def run_craft(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+def run_craft(ctx: StageContext, spec: CraftSpec, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
     from daebench.attacks import ATTACKS
 
-    cls = ATTACKS.get(spec["attack"])
-    attack = cls(cls.Params(**spec["params"]), eps=spec["eps"], seed=spec["seed"], device=ctx.torch_device,
+    cls = ATTACKS.get(spec.attack)
+    attack = cls(cls.Params(**spec.params), eps=spec.eps, seed=spec.seed, device=ctx.torch_device,
                  progress=ctx.progress)
     from daebench.attacks.base import SurrogateEnsemble
 
     # One surrogate (semi-black-box, transfer) or several (white-box: every public
     # encoder the defense uses), in the order the planner listed them.
-    surrogates = [_encoders(inputs[role])[0] for role in sorted(inputs) if role.startswith("surrogate")]
+    surrogates = [_encoders(inputs[role])[0] for role in spec.inputs()]
     surrogate = surrogates[0] if len(surrogates) == 1 else SurrogateEnsemble(surrogates)
-    data = ctx.dataset(spec["data"])
+    data = ctx.dataset(spec.data)
     started = time.perf_counter()
     # Universal attacks craft on the attacker's labelled training data; per-sample
     # attacks perturb the downstream test images and never see their labels.
@@ -133,58 +132,58 @@ def run_craft(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tup
 
 # -- defense --------------------------------------------------------------------------
 @stage("defend")
-def run_defend(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+def run_defend(ctx: StageContext, spec: DefendSpec, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
     from daebench.defenses import DEFENSES
 
-    cls = DEFENSES.get(spec["defense"])
-    defense = cls(cls.Params(**spec["params"]), seed=spec["seed"], device=ctx.torch_device, progress=ctx.progress)
+    cls = DEFENSES.get(spec.defense)
+    defense = cls(cls.Params(**spec.params), seed=spec.seed, device=ctx.torch_device, progress=ctx.progress)
     victim = _encoders(inputs["victim"])[0]
-    aux_roles = sorted((r for r in inputs if r.startswith("aux")), key=lambda r: int(r[3:]))  # aux2 before aux10
-    defense.auxiliaries = [_encoders(inputs[r])[0] for r in aux_roles]
+    defense.auxiliaries = [_encoders(inputs[role])[0] for role in spec.inputs() if role != "victim"]
     defense.checkpoint_dir = Path(ctx.scratch) if ctx.scratch else None
-    defense.extra_data = {name: ctx.dataset(data) for name, data in spec.get("extra_data", {}).items()}
+    defense.extra_data = {name: ctx.dataset(data) for name, data in (spec.extra_data or {}).items()}
     started = time.perf_counter()
-    model = defense.defend(victim, ctx.dataset(spec["data"]))
+    model = defense.defend(victim, ctx.dataset(spec.data))
     tensors, meta = pack_branches([b.cpu() for b in model.branches])
     return tensors, {**meta, "info": model.info, "defend_seconds": time.perf_counter() - started}
 
 
 # -- downstream --------------------------------------------------------------------------
 @stage("features")
-def run_features(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+def run_features(ctx: StageContext, spec: FeaturesSpec, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
     branches = _encoders(inputs["model"])
-    data = ctx.dataset(spec["data"])
-    x, y = data.split(spec["data"]["split"])
+    data = ctx.dataset(spec.data)
+    x, y = data.split(spec.data.split)
     delta = inputs["perturbation"].tensors["delta"] if "perturbation" in inputs else None
     out = {"labels": y.clone()}
     for i, encoder in enumerate(branches):
-        out[f"branch{i}"] = encode_images(encoder, x, ctx.torch_device, ctx.batch_size, delta, spec.get("clamp", True))
+        out[f"branch{i}"] = encode_images(encoder, x, ctx.torch_device, ctx.batch_size, delta,
+                                          True if spec.clamp is None else spec.clamp)
     meta = {"num_classes": data.num_classes, "n": len(y), "feature_dims": [e.feature_dim for e in branches]}
     fusion = inputs["model"].meta.get("info", {}).get("fusion")
     return out, meta | ({"fusion": fusion} if fusion else {})  # how evaluate combines the branches
 
 
 @stage("head")
-def run_head(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+def run_head(ctx: StageContext, spec: HeadSpec, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
     feats = inputs["features"]
-    params = HeadParams(**spec["params"])
+    params = HeadParams(**spec.params)
     num_classes = feats.meta["num_classes"]
     tensors: Tensors = {}
     for i, _ in enumerate(feats.meta["feature_dims"]):
         head = train_head(feats.tensors[f"branch{i}"], feats.tensors["labels"], num_classes, params,
-                          spec["seed"] + i, ctx.torch_device)
+                          spec.seed + i, ctx.torch_device)
         tensors |= {f"branch{i}.{k}": v.cpu() for k, v in head.state_dict().items()}
     return tensors, {"num_classes": num_classes, "feature_dims": feats.meta["feature_dims"]}
 
 
 @stage("evaluate")
-def run_evaluate(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
+def run_evaluate(ctx: StageContext, spec: EvaluateSpec, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
     from daebench.defenses import DEFENSES
 
-    heads = _heads(inputs["head"], HeadParams(**spec["head_params"]))
+    heads = _heads(inputs["head"], HeadParams(**spec.head_params))
     clean, adv = inputs["clean"], inputs["adv"]
     labels = clean.tensors["labels"]
-    defense = DEFENSES.get(spec["defense"])
+    defense = DEFENSES.get(spec.defense)
     out: Tensors = {"labels": labels}
     preds, scores = {}, {}
     fusion = clean.meta.get("fusion")
@@ -202,7 +201,7 @@ def run_evaluate(ctx: StageContext, spec: dict, inputs: dict[str, Artifact]) -> 
         metrics |= detection_metrics(scores["clean"], scores["adv"], threshold)
         out |= {"detection_score_clean": scores["clean"], "detection_score_adv": scores["adv"],
                 "flagged_clean": scores["clean"] > threshold, "flagged_adv": scores["adv"] > threshold}
-    return out, {"metrics": metrics, "clamp": spec["clamp"]}
+    return out, {"metrics": metrics, "clamp": spec.clamp}
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -11,5 +11,7 @@ from daebench.defenses.base import DefendedModel, Defense, register_defense
 class NoDefense(Defense):
     """The victim encoder, unchanged; downstream heads are trained on its features."""
 
+    profile_free = True
+
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         return DefendedModel([victim.eval()])

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daebench.config import parse_grid  # noqa: E402
 from daebench.executors import DaskExecutor  # noqa: E402
 from daebench.provenance import provenance  # noqa: E402
-from daebench.run import run_grid  # noqa: E402
+from daebench.results import run_grid  # noqa: E402
 
 # the micro grid widened so every wave has several independent stages
 GRID = {

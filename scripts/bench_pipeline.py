@@ -29,7 +29,7 @@ from daebench.data import load_dataset  # noqa: E402
 from daebench.encoders import build_encoder  # noqa: E402
 from daebench.heads import HeadParams, head_optimizer, make_head, train_head  # noqa: E402
 from daebench.provenance import provenance  # noqa: E402
-from daebench.run import run_grid  # noqa: E402
+from daebench.results import run_grid  # noqa: E402
 from daebench.runtime import batches, configure_threads, seed_everything  # noqa: E402
 from daebench.stages import encode_images  # noqa: E402
 

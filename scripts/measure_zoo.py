@@ -14,8 +14,9 @@ from pathlib import Path
 
 from daebench.config import parse_overrides
 from daebench.encoders.ssl import SSL_METHODS
-from daebench.encoders.zoo import encoder_grid, pretrain_encoder
+from daebench.plan import standalone_encoder
 from daebench.provenance import provenance
+from daebench.run import run_stage
 
 
 def main() -> None:
@@ -34,13 +35,12 @@ def main() -> None:
     overrides = parse_overrides(args.set)
     rows = []
     for method in args.methods or SSL_METHODS.names():
-        grid = encoder_grid(method, args.dataset, "tiny", args.width, 0, {**speed, **overrides}, device="cpu")
-        result = pretrain_encoder(grid, args.cache_dir, progress=False)
-        m = result.meta
+        _, spec = standalone_encoder(method, args.dataset, "tiny", args.width, 0, {**speed, **overrides})
+        cached, m = run_stage(spec, f"pretrain {method}", args.cache_dir, device="cpu", progress=False)
         row = {"method": method, "knn": m["knn_accuracy"], "random_init_knn": m.get("random_init_knn_accuracy"),
                "gain": m["knn_accuracy"] - m.get("random_init_knn_accuracy", float("nan")),
-               "minutes": m["seconds"] / 60, "epochs": m["spec"]["params"]["epochs"], "key": result.key,
-               "cached": result.cached, "final_loss": m["loss_history"][-1]}
+               "minutes": m["seconds"] / 60, "epochs": m["spec"]["params"]["epochs"], "key": spec.key,
+               "cached": cached, "final_loss": m["loss_history"][-1]}
         rows.append(row)
         print(json.dumps(row), flush=True)
         (args.out / "zoo.json").write_text(json.dumps({"dataset": args.dataset, "width": args.width, "speed": speed,

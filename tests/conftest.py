@@ -49,7 +49,7 @@ def shared_file(name: str) -> Path:
 def micro_run(tmp_path_factory):
     """The micro grid run once per session: (root with cache/ and runs/, grid, report). Read-only."""
     from daebench.config import parse_grid
-    from daebench.run import run_grid
+    from daebench.results import run_grid
 
     root = tmp_path_factory.mktemp("micro-run")
     grid = parse_grid(MICRO_GRID)

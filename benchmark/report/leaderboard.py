@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from daebench.errors import DAEBenchError
-from daebench.report.results import RunRecord, load_run
+from daebench.results import RunRecord, load_run
 
 START = re.compile(r"<!-- daebench:leaderboard:start runs=(?P<runs>[^ ]*) -->")
 END = "<!-- daebench:leaderboard:end -->"

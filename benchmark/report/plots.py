@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from daebench.registry import Registry  # noqa: E402
-from daebench.report.results import RunRecord  # noqa: E402
+from daebench.results import RunRecord  # noqa: E402
 from daebench.report.tables import BASELINE, TableContext, _family, _pick, _select, victim_label  # noqa: E402
 from daebench.store import ArtifactStore  # noqa: E402
 
@@ -36,9 +36,9 @@ register_plot = PLOTS.register
 
 
 def _store(run: RunRecord) -> ArtifactStore:
-    from daebench.run import DEFAULT_CACHE
+    from daebench.paths import default_cache
 
-    root = run.cache_dir or DEFAULT_CACHE
+    root = run.cache_dir or default_cache()
     if not Path(root).is_dir():
         raise NotCovered(f"the run's artifact store {root} is not here (its per-sample values are needed)")
     return ArtifactStore(root)

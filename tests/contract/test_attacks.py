@@ -162,7 +162,7 @@ def test_white_box_crafts_are_keyed_apart_and_single_surrogate_keys_unchanged():
     crafts = [n for n in plan_grid(grid).nodes.values() if n.stage == "craft"]
     for node in crafts:
         several = len([r for r in node.inputs if r.startswith("surrogate")]) > 1
-        assert node.spec.get("ensemble") == (ENSEMBLE_VERSION if several else None)
+        assert node.spec.ensemble == (ENSEMBLE_VERSION if several else None)
     assert any(len(n.inputs) > 1 for n in crafts) and any(len(n.inputs) == 1 for n in crafts)
 
 

@@ -379,7 +379,7 @@ def test_pgd_at_attack_is_madrys_linf_pgd_and_its_loss_the_ce_on_it():
     assert torch.allclose(x_adv, ref.detach(), atol=1e-12)
     model.train()
     ref_model = copy.deepcopy(model)  # (ours' train-mode forward updates the running statistics)
-    x_in, x_ref_in = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    x_in = x.clone().requires_grad_(True)
     torch.manual_seed(3)
     ours = defense.loss(encoder, head, x_in, y)
     torch.manual_seed(3)

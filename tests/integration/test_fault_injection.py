@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 
-from daebench.run import run_grid
+from daebench.results import run_grid
 from daebench.store import ArtifactStore
 from tests.conftest import REPO, write_grid
 

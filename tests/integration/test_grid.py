@@ -13,7 +13,7 @@ import pytest
 
 from daebench.config import parse_grid
 from daebench.errors import StageFailedError
-from daebench.run import run_grid
+from daebench.results import run_grid
 from daebench.store import ArtifactStore
 from tests.conftest import MICRO_GRID, write_grid
 
@@ -190,7 +190,7 @@ def test_zepad_end_to_end_three_branches_detection_and_white_box_surrogates(tmp_
     from daebench.store import ArtifactStore
 
     model = ArtifactStore(tmp_path / "cache").load_meta("defend", [n.key for n in report.plan.nodes.values()
-                                                                  if n.stage == "defend" and n.spec["defense"] == "zepad"][0])
+                                                                  if n.stage == "defend" and n.spec.defense == "zepad"][0])
     assert model["info"]["fusion"] == {"method": "rfdm", "mpae": [0, 1], "bmp": 2, "threshold": 0.1}
 
 

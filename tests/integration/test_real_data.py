@@ -7,7 +7,7 @@ import os
 import pytest
 
 from daebench.config import load_grid
-from daebench.run import run_grid
+from daebench.results import run_grid
 from tests.conftest import REPO, shared_file
 
 pytestmark = pytest.mark.slow

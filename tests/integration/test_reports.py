@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from daebench.cli import main
-from daebench.report.results import PROVENANCE, TIMINGS, load_run
+from daebench.results import PROVENANCE, TIMINGS, load_run
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -104,11 +104,11 @@ def test_detection_accuracy_is_reported_for_a_defense_with_a_detector(micro_run,
     root, _, report = micro_run
     store = ArtifactStore(root / "cache")
     key = report.results[report.results.defense == "none"].key.iloc[0]
-    meta = store.load_meta("evaluate", key)
-    inputs = {role: store.load("head" if role == "head" else "features", k) for role, k in meta["inputs"].items()}
+    node = report.plan.nodes[key]
+    inputs = {role: store.load(ref.stage, ref.key) for role, ref in node.refs.items()}
     # a detector flagging low confidence: score = 0.5 - confidence, flagged above 0 (no fusion: threshold 0)
     monkeypatch.setattr(DEFENSES.get("none"), "detection_score", staticmethod(lambda conf, fusion=None: 0.5 - conf[0]))
-    tensors, out = STAGES["evaluate"](StageContext(), {**meta["spec"]}, inputs)
+    tensors, out = STAGES["evaluate"](StageContext(), node.spec, inputs)
     low_clean = (tensors["confidence_clean_branch0"] < 0.5).float()
     low_adv = (tensors["confidence_adv_branch0"] < 0.5).float()
     expected = ((1 - low_clean).sum() + low_adv.sum()) / (2 * len(low_clean))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from daebench.config import parse_grid
 from daebench.errors import ConfigError
-from daebench.run import run_grid
+from daebench.results import run_grid
 from daebench.store import ArtifactStore
 from tests.conftest import MICRO_GRID, REPO, write_grid
 

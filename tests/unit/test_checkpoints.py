@@ -287,13 +287,15 @@ def test_torchvision_and_timm_resnet18_state_dicts_load_with_identical_features(
 
 def test_checkpoint_stage_keeps_the_solo_learn_probe_as_a_ready_made_head(tmp_path: Path) -> None:
     from daebench.encoders.checkpoints import ready_made_head
+    from daebench.specs import CheckpointSpec
     from daebench.stages import StageContext, run_checkpoint
 
     state = _source_state()
     path = tmp_path / "solo.ckpt"
     torch.save({"state_dict": {"backbone." + k: v for k, v in state.items()} | HEAD}, path)
     arch = {"arch": "resnet18", "width": 8, "conv1_padding": 2}
-    tensors, meta = run_checkpoint(StageContext(), {"arch": arch, "_path": str(path)}, {})
+    spec = CheckpointSpec(arch=arch, sha256="-", key_map=None, path=str(path))
+    tensors, meta = run_checkpoint(StageContext(), spec, {})
     head = ready_made_head(tensors)
     assert isinstance(head, torch.nn.Linear) and (head.in_features, head.out_features) == (64, 10)
     assert torch.equal(head.weight, HEAD["classifier.weight"]) and torch.equal(head.bias, HEAD["classifier.bias"])
