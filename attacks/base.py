@@ -27,13 +27,14 @@ params dump, and so of every artifact key, while they hold their default.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from daebench.plugins import Configurable, Params
+from daebench.data import to_float
+from daebench.plugins import Configurable, Params, required
 from daebench.registry import Registry
 from daebench.runtime import batches, seed_everything
 
@@ -95,6 +96,13 @@ def member_logits(classifier: torch.nn.Module, x: torch.Tensor) -> list[torch.Te
     return classifier.member_logits(x) if isinstance(classifier, SurrogateClassifier) else [classifier(x)]
 
 
+class Crafted(NamedTuple):
+    """What an attack produces: the perturbation within budget, and its diagnostics."""
+
+    delta: torch.Tensor
+    report: dict[str, Any]
+
+
 class AttackParams(Params):
     batch_size: int = Field(256, ge=1)
 
@@ -137,27 +145,32 @@ class Attack(Configurable):
         The base sums it over the encoders of a white-box ensemble."""
         raise NotImplementedError
 
-    def perturb(self, surrogate: torch.nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Return delta: (1,3,H,W) if universal, else (N,3,H,W). x is float in [0, 1]."""
+    @required
+    def perturb(self, surrogate: torch.nn.Module, x: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        """Return delta: (1,3,H,W) if universal, else (N,3,H,W), x being float in [0, 1];
+        or (delta, report), the report holding diagnostics to record with the artifact."""
         raise NotImplementedError
 
     # -- what the base does ------------------------------------------------------
-    def craft(self, surrogate: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Freeze the surrogate, seed, run `perturb`, and check the budget exactly.
+    def craft(self, surrogate: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> Crafted:
+        """Freeze the surrogate, seed, run `perturb`, and check the budget exactly; returns
+        the perturbation and the attack's report.
 
         `y` (the attacker's labels) is kept for attacks that need a surrogate
         classifier (`self.labels()`); downstream-agnostic attacks ignore it.
         """
         generator = seed_everything(self.seed)
         self._labels = y
-        self.report: dict[str, Any] = {}  # diagnostics a subclass wants recorded with the artifact
         surrogate = surrogate.to(self.device).eval()
         was = [p.requires_grad for p in surrogate.parameters()]
         for p in surrogate.parameters():
             p.requires_grad_(False)
         try:
-            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-            delta = self.perturb(surrogate, x, generator).detach().float().cpu()
+            x = to_float(x) if x.dtype == torch.uint8 else x.float()
+            out = self.perturb(surrogate, x, generator)
+            delta, report = out if isinstance(out, tuple) else (out, {})
+            delta = delta.detach().float().cpu()
         finally:
             for p, r in zip(surrogate.parameters(), was):
                 p.requires_grad_(r)
@@ -165,7 +178,7 @@ class Attack(Configurable):
         expected = (1, *x.shape[1:]) if self.universal else tuple(x.shape)
         if tuple(delta.shape) != expected:
             raise RuntimeError(f"{type(self).__name__}.perturb returned shape {tuple(delta.shape)}, expected {expected}")
-        return delta
+        return Crafted(delta, report)
 
     def project(self, delta: torch.Tensor) -> torch.Tensor:
         return delta.clamp(-self.eps, self.eps)
@@ -173,7 +186,7 @@ class Attack(Configurable):
     @staticmethod
     def apply(delta: torch.Tensor, x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """x_adv = x + delta (broadcast for universal deltas), clamped to [0,1] by default."""
-        x = x.float().div(255) if x.dtype == torch.uint8 else x
+        x = to_float(x) if x.dtype == torch.uint8 else x
         x_adv = x + delta.to(x.device)
         return x_adv.clamp(0, 1) if clamp else x_adv
 
@@ -308,6 +321,12 @@ class PerSamplePGDAttack(Attack):
 
     Params: ClassVar[type[PerSamplePGDParams]] = PerSamplePGDParams
     universal: ClassVar[bool] = False
+
+    @required
+    def loss(self, surrogate: torch.nn.Module, x_adv: torch.Tensor, x: torch.Tensor,
+             clean_features: torch.Tensor) -> torch.Tensor:
+        """Per-sample objective to *maximise* for ONE surrogate encoder, shape (N,)."""
+        raise NotImplementedError
 
     def perturb(self, surrogate: torch.nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         p = self.params

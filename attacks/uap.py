@@ -99,7 +99,8 @@ class UAP(Attack):
         classifier = self.surrogate_classifier(surrogate, x)
         if p.max_images is not None and p.max_images < len(x):
             x = x[torch.randperm(len(x), generator=generator)[:p.max_images]]
-        return self.universal_deepfool(classifier, x, generator)
+        v = self.universal_deepfool(classifier, x, generator)
+        return v, {"fooling_rate": self.fooling_rate, "passes": self.passes}
 
     # -- the algorithm, on any classifier (x in [0,1] -> logits) -------------------
     def universal_deepfool(self, classifier: torch.nn.Module, x: torch.Tensor,
@@ -136,7 +137,6 @@ class UAP(Attack):
                 v = self._batch_update(classifier, xb, clean_b, v)
             self.passes += 1
             self.fooling_rate = float((self.predict(classifier, x, v) != clean).float().mean())
-            self.report = {"fooling_rate": self.fooling_rate, "passes": self.passes}
             if self.fooling_rate >= p.target_fooling_rate:
                 break
         return v

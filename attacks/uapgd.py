@@ -113,7 +113,7 @@ class UAPGD(Attack):
 
     # -- variant "reference": PAP's uapepgd.py ------------------------------------------
     def _perturb_reference(self, classifier: torch.nn.Module, x: torch.Tensor,
-                           generator: torch.Generator) -> torch.Tensor:
+                           generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         """One pass per epoch, one image at a time, in a shuffled order; see the module docstring."""
         p = self.params
         clean = self.predict(classifier, x)  # the labels: clean predictions (batched; eval mode, same values)
@@ -131,8 +131,7 @@ class UAPGD(Attack):
                 delta = (delta + delta0).clamp(-self.eps, self.eps)
                 updated += 1
         fooling = float((self.predict(classifier, x, delta) != clean).float().mean())
-        self.report = {"fooling_rate": fooling, "images_seen": seen, "images_updated": updated}
-        return delta
+        return delta, {"fooling_rate": fooling, "images_seen": seen, "images_updated": updated}
 
     def reference_image_update(self, classifier: torch.nn.Module, point: torch.Tensor, label: torch.Tensor,
                                step_size: float, generator: torch.Generator) -> torch.Tensor:

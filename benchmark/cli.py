@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor = JoblibExecutor(args.workers)
     try:
         report = run_grid(grid, cache_dir=args.cache_dir, runs_dir=args.runs_dir, executor=executor,
-                          progress=not args.no_progress, raise_on_failure=False)
+                          progress=not args.no_progress, raise_on_failure=False, recompute=args.recompute)
     finally:
         if hasattr(executor, "close"):
             executor.close()
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="artifact store (default %(default)s)")
     run.add_argument("--runs-dir", default=str(DEFAULT_RUNS), help="where results tables go (default %(default)s)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--recompute", action="append", default=[], metavar="NAME",
+                     help="compute this plugin's artifacts (and all that depends on them) anew, even if cached; repeatable")
     run.set_defaults(fn=cmd_run)
 
     enc = sub.add_parser("encoders", help="pre-train an SSL encoder, or list the cached ones")

@@ -27,6 +27,10 @@ class RegistryCollisionError(DAEBenchError):
     """Two plugins tried to register the same name."""
 
 
+class IncompletePluginError(DAEBenchError):
+    """A plugin class lacks a method its base class requires (caught at registration)."""
+
+
 class DataUnavailableError(DAEBenchError):
     """A dataset is not on disk and cannot be downloaded."""
 

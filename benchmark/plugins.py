@@ -8,12 +8,24 @@ that goes into the artifact key, so two specs that mean the same thing hash the 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import functools
+from typing import Any, Callable, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from daebench.errors import ConfigError
 from daebench.registry import did_you_mean
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def required(method: F) -> F:
+    """Marks a base class's stub that every registered plugin must implement (override):
+    the registry refuses a class that leaves one unimplemented, naming it, so a missing
+    `loss` fails when the plugin is registered, not deep inside a run."""
+    method.__daebench_required__ = True  # type: ignore[attr-defined]
+    return method
 
 
 class Params(BaseModel):
@@ -44,6 +56,24 @@ class Configurable:
     #: True for a plugin whose cost no profile changes (nothing trained, no iteration
     #: budget): it needs no `tiny` profile, and a grid does not warn that it lacks one.
     profile_free: ClassVar[bool] = False
+
+    @classmethod
+    def source_digest(cls) -> str:
+        """A digest of the source file that defines the plugin, recorded with every artifact
+        it makes: when the code changes under an unchanged `version`, a cached artifact's
+        digest no longer matches and the run says so (its key, like the version, does not
+        change: reformatting a built-in plugin throws no cached work away)."""
+        return _module_digest(cls.__module__)
+
+    @classmethod
+    def record(cls) -> dict[str, Any]:
+        """What an artifact records of the plugin that made it."""
+        return {"name": getattr(cls, "registry_name", cls.__name__), "version": cls.version, "digest": cls.source_digest()}
+
+    @classmethod
+    def missing_methods(cls) -> list[str]:
+        """The `required` methods this class still leaves to its base class's stub."""
+        return sorted(name for name in dir(cls) if getattr(getattr(cls, name, None), "__daebench_required__", False))
 
     @classmethod
     def profile_names(cls) -> list[str]:
@@ -83,3 +113,16 @@ def _default_text(field: Any) -> str:
         value = field.default_factory()
         return "nested settings" if hasattr(value, "model_dump") else repr(value)
     return repr(field.default)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_digest(module_name: str) -> str:
+    import hashlib
+    import inspect
+    import sys
+
+    try:
+        source = inspect.getsource(sys.modules[module_name])
+    except (KeyError, OSError, TypeError):  # a module without source (built on the fly): nothing to compare
+        return ""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]

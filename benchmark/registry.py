@@ -25,7 +25,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Generic, Iterable, TypeVar
 
-from daebench.errors import RegistryCollisionError, UnknownNameError
+from daebench.errors import IncompletePluginError, RegistryCollisionError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -73,6 +73,13 @@ class Registry(Generic[T]):
                     f"Cannot register {self.kind} '{name}' from {where}: that name is "
                     f"already taken by {known}. Pick another name for one of them."
                 )
+            missing = target.missing_methods() if isinstance(target, type) and hasattr(target, "missing_methods") else []
+            if missing:
+                bases = ", ".join(b.__name__ for b in target.__mro__[1:] if b.__module__.startswith("daebench"))
+                raise IncompletePluginError(
+                    f"Cannot register {self.kind} '{name}' ({where}.{target.__name__}): it does not implement "
+                    f"{', '.join(f'`{m}`' for m in missing)}, which its base class ({bases.split(', ')[0]}) requires. "
+                    f"Define {'them' if len(missing) > 1 else 'it'} in the class.")
             self._objects[name] = target
             self._origins[name] = where
             self._lazy.pop(name, None)

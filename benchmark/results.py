@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -38,12 +38,12 @@ PROVENANCE = ("grid_hash", "git_commit", "daebench", "torch", "device", "torch_t
 
 def run_grid(
     grid: GridSpec, cache_dir: str | os.PathLike | None = None, runs_dir: str | os.PathLike | None = "default",
-    executor: Executor | None = None, progress: bool = True, raise_on_failure: bool = True,
+    executor: Executor | None = None, progress: bool = True, raise_on_failure: bool = True, recompute: Iterable[str] = (),
 ) -> RunReport:
     """Run a grid (`daebench.run.run_plan`), collect its results table and write its
-    record under `runs_dir/<grid name>/` (None: no record). Raises `StageFailedError`
+    record under `runs_dir/<grid name>/` (None: no record); `recompute` as in `run_plan`. Raises `StageFailedError`
     after keeping every computed artifact when a stage failed, unless told not to."""
-    report = run_plan(grid, cache_dir, executor, progress)
+    report = run_plan(grid, cache_dir, executor, progress, recompute)
     report.results = collect_results(report.plan, ArtifactStore(report.cache_dir), grid_hash(grid))
     if runs_dir is not None:
         report.run_dir = write_run(report, default_runs() if runs_dir == "default" else Path(runs_dir))

@@ -20,7 +20,7 @@ import traceback
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 from filelock import FileLock
@@ -131,6 +131,7 @@ class RunReport:
     failures: list[NodeOutcome] = field(default_factory=list)
     skipped: int = 0
     corrupted: list[str] = field(default_factory=list)  # cached artifacts that failed their checksum
+    changed_plugins: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> the warning
     wall_seconds: float = 0.0
     run_dir: Path | None = None
     cache_dir: Path | None = None
@@ -147,9 +148,14 @@ class RunReport:
 
 
 def run_plan(grid: GridSpec, cache_dir: str | os.PathLike | None = None, executor: Executor | None = None,
-             progress: bool = True) -> RunReport:
+             progress: bool = True, recompute: Iterable[str] = ()) -> RunReport:
     """Plan the grid and compute every artifact it needs that the store lacks. The
-    results table and the run's record are the results layer's (`daebench.results.run_grid`)."""
+    results table and the run's record are the results layer's (`daebench.results.run_grid`).
+
+    `recompute` names plugins (attacks, defenses, SSL methods) whose artifacts, and
+    everything computed from them, are computed anew even when cached (the old ones are
+    moved to the store's quarantine). A cached artifact made by a plugin whose source has
+    changed since is reused, with a warning naming the plugin and the two remedies."""
     started = time.perf_counter()
     cache_dir = default_cache() if cache_dir is None else cache_dir
     executor = executor or JoblibExecutor(1)
@@ -161,11 +167,13 @@ def run_plan(grid: GridSpec, cache_dir: str | os.PathLike | None = None, executo
     threads = max(1, (os.cpu_count() or 1) // executor.workers) if executor.workers > 1 else None
     report = RunReport(grid, plan, pd.DataFrame())
 
+    stale = _recompute(plan, store, set(recompute))
     pending: dict[str, Node] = {}
     for node in plan.topological():
-        status = store.status(node.stage, node.key)
+        status = "missing" if node.key in stale else store.status(node.stage, node.key)
         if status == "ok":
             report.hits[node.stage] += 1
+            _note_changed_plugin(node, store, report)
         else:
             if status == "corrupt":
                 report.corrupted.append(node.label)
@@ -202,8 +210,63 @@ def run_plan(grid: GridSpec, cache_dir: str | os.PathLike | None = None, executo
     bar.close()
     report.skipped = len(dead)
     report.cache_dir = store.root
+    for message in report.changed_plugins.values():
+        log.warning(message)
     report.wall_seconds = time.perf_counter() - started
     return report
+
+
+PLUGIN_STAGES = {"craft": ("attack", "attack"), "defend": ("defense", "defense"), "pretrain": ("SSL method", "method")}
+
+
+def _plugin_of(node: Node) -> tuple[str, str] | None:
+    """(kind, registered name) of the plugin a node's stage runs, if any."""
+    if node.stage not in PLUGIN_STAGES:
+        return None
+    kind, field_name = PLUGIN_STAGES[node.stage]
+    return kind, getattr(node.spec, field_name)
+
+
+def _plugin_class(kind: str, name: str):
+    from daebench.attacks import ATTACKS
+    from daebench.defenses import DEFENSES
+    from daebench.encoders.ssl import SSL_METHODS
+
+    return {"attack": ATTACKS, "defense": DEFENSES, "SSL method": SSL_METHODS}[kind].get(name)
+
+
+def _recompute(plan: Plan, store: ArtifactStore, names: set[str]) -> set[str]:
+    """Keys to compute anew: every artifact of the named plugins and all their descendants.
+    The cached ones move to the quarantine (kept, never used)."""
+    if not names:
+        return set()
+    known = {p[1] for node in plan.nodes.values() if (p := _plugin_of(node))}
+    if unknown := sorted(names - known):
+        raise DAEBenchError(f"--recompute names {', '.join(map(repr, unknown))}, which no stage of this grid runs. "
+                            f"Plugins it runs: {', '.join(sorted(known))}. Nothing was recomputed.")
+    roots = [node.key for node in plan.nodes.values() if (p := _plugin_of(node)) and p[1] in names]
+    keys = set(roots).union(*(plan.descendants(key) for key in roots))
+    for key in keys:
+        store.quarantine(plan.nodes[key].stage, key, reason="recompute requested")
+    return keys
+
+
+def _note_changed_plugin(node: Node, store: ArtifactStore, report: RunReport) -> None:
+    """Remember (once per plugin) that a cached artifact was made by other code than the
+    plugin's current source, under the same `version`."""
+    plugin = _plugin_of(node)
+    if plugin is None or plugin in report.changed_plugins:
+        return
+    recorded = store.load_meta(node.stage, node.key).get("plugin", {}).get("digest")
+    cls = _plugin_class(*plugin)
+    if not recorded or recorded == cls.source_digest():
+        return
+    kind, name = plugin
+    report.changed_plugins[plugin] = (
+        f"{kind} '{name}': the cached {node.stage} artifact {node.key} (and perhaps others) was computed by a different "
+        f"version of its code ({cls.__module__}; source digest {recorded} then, {cls.source_digest()} now) under the "
+        f"same `version` ({cls.version}), and is reused. If the change alters what it computes, bump `version` in "
+        f"{cls.__module__}.{cls.__name__}, or run `daebench run GRID --recompute {name}`.")
 
 
 def run_stage(spec: StageSpec, label: str, cache_dir: str | os.PathLike | None = None, device: str = "auto",

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from daebench.data import ImageData, load_dataset
+from daebench.data import ImageData, load_dataset, to_float
 from daebench.encoders.backbones import build_encoder, pack_branches, unpack_branches
 from daebench.heads import HeadParams, make_head, predict_logits, train_head
 from daebench.metrics import detection_metrics, robustness_metrics
@@ -86,6 +86,7 @@ def run_pretrain(ctx: StageContext, spec: PretrainSpec, inputs: dict[str, Artifa
     train_f = encode_images(encoder, data.x_train, ctx.torch_device, ctx.batch_size)
     test_f = encode_images(encoder, data.x_test, ctx.torch_device, ctx.batch_size)
     log["knn_accuracy"] = knn_accuracy(train_f, data.y_train, test_f, data.y_test)
+    log["plugin"] = method.record()
     log["random_init_knn_accuracy"] = random_init_knn
     tensors, meta = pack_branches([encoder.cpu()])
     return tensors, {**meta, **log}
@@ -123,11 +124,11 @@ def run_craft(ctx: StageContext, spec: CraftSpec, inputs: dict[str, Artifact]) -
     # Universal attacks craft on the attacker's labelled training data; per-sample
     # attacks perturb the downstream test images and never see their labels.
     if cls.universal:
-        delta = attack.craft(surrogate, data.x_train, data.y_train)
+        delta, report = attack.craft(surrogate, data.x_train, data.y_train)
     else:
-        delta = attack.craft(surrogate, data.x_test)
+        delta, report = attack.craft(surrogate, data.x_test)
     return {"delta": delta}, {"universal": cls.universal, "craft_seconds": time.perf_counter() - started,
-                              "linf": float(delta.abs().max()), "attack_report": attack.report}
+                              "linf": float(delta.abs().max()), "attack_report": report, "plugin": cls.record()}
 
 
 # -- defense --------------------------------------------------------------------------
@@ -135,16 +136,20 @@ def run_craft(ctx: StageContext, spec: CraftSpec, inputs: dict[str, Artifact]) -
 def run_defend(ctx: StageContext, spec: DefendSpec, inputs: dict[str, Artifact]) -> tuple[Tensors, dict]:
     from daebench.defenses import DEFENSES
 
+    from daebench.defenses.base import DefenseContext
+
     cls = DEFENSES.get(spec.defense)
-    defense = cls(cls.Params(**spec.params), seed=spec.seed, device=ctx.torch_device, progress=ctx.progress)
+    context = DefenseContext(
+        seed=spec.seed, device=ctx.torch_device, progress=ctx.progress,
+        auxiliaries=tuple(_encoders(inputs[role])[0] for role in spec.inputs() if role != "victim"),
+        extra_data={name: ctx.dataset(data) for name, data in (spec.extra_data or {}).items()},
+        checkpoint_dir=Path(ctx.scratch) if ctx.scratch else None)
+    defense = cls(cls.Params(**spec.params), context=context)
     victim = _encoders(inputs["victim"])[0]
-    defense.auxiliaries = [_encoders(inputs[role])[0] for role in spec.inputs() if role != "victim"]
-    defense.checkpoint_dir = Path(ctx.scratch) if ctx.scratch else None
-    defense.extra_data = {name: ctx.dataset(data) for name, data in (spec.extra_data or {}).items()}
     started = time.perf_counter()
     model = defense.defend(victim, ctx.dataset(spec.data))
     tensors, meta = pack_branches([b.cpu() for b in model.branches])
-    return tensors, {**meta, "info": model.info, "defend_seconds": time.perf_counter() - started}
+    return tensors, {**meta, "info": model.info, "defend_seconds": time.perf_counter() - started, "plugin": cls.record()}
 
 
 # -- downstream --------------------------------------------------------------------------
@@ -229,7 +234,7 @@ def encode_images(
     encoder = encoder.to(device).eval()
     out = []
     for idx in batches(len(x), batch_size):
-        xb = x[idx].float().div(255)
+        xb = to_float(x[idx])
         if delta is not None:
             xb = Attack.apply(delta if delta.shape[0] == 1 else delta[idx], xb, clamp)
         out.append(encoder(xb.to(device)).float().cpu())

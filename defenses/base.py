@@ -23,7 +23,6 @@ float32 (`fast_encoder`).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Collection, Literal, NamedTuple
@@ -34,12 +33,13 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from daebench.data import ImageData
+from daebench.data import ImageData, to_float
 from daebench.encoders.backbones import Encoder
 from daebench.heads import HeadParams, head_optimizer, make_head
-from daebench.plugins import Configurable, Params
+from daebench.plugins import Configurable, Params, required
 from daebench.registry import Registry
 from daebench.runtime import batches, seed_everything
+from daebench.training import EpochCheckpoint, PGDResult, pgd, restore_rng, rng_state
 
 DEFENSES: Registry = Registry(
     "defense", entry_point_group="daebench.defenses",
@@ -72,35 +72,6 @@ class FastEncoder(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return self.encoder(x).float()
-
-
-class EpochCheckpoint:
-    """Epoch-level resume for long defense stages, so a killed `defend` picks up where it was.
-
-    Holds state dicts, the epoch, the loss history and the RNG states (the batch
-    generator's and torch's global one, which PGD's random starts draw from), so a
-    resumed run equals an uninterrupted one bit for bit. Written atomically (temp +
-    rename); read with `weights_only=True` (tensors and plain values only). The grid
-    deletes it once the stage's artifact is in the store. No directory: a no-op."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, Any] | None:
-        if self.path is None or not self.path.is_file():
-            return None
-        try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception:  # a torn or foreign file: start over rather than fail
-            return None
-
-    def save(self, state: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
 
 
 @dataclass(frozen=True)
@@ -142,22 +113,53 @@ def unnormalised(encoder: nn.Module) -> nn.Module:
     raise TypeError(f"unnormalised() needs an Encoder (or a FastEncoder around one), got {type(encoder).__name__}")
 
 
+@dataclass(frozen=True)
+class DefenseContext:
+    """What a defense gets besides its parameters: its seed and device, the auxiliary
+    encoders it declared (`auxiliary_encoders`, in that order), the extra datasets it
+    named (`extra_datasets`) and where to keep epoch checkpoints (None: nowhere)."""
+
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    progress: bool = False
+    auxiliaries: tuple[nn.Module, ...] = ()
+    extra_data: dict[str, ImageData] = field(default_factory=dict)
+    checkpoint_dir: Path | None = None
+
+
 class Defense(Configurable):
     """Subclass: implement `defend` (or derive from AdversarialFineTuning and write `loss`)."""
 
     Params: ClassVar[type[Params]] = Params
 
-    def __init__(self, params: Params, seed: int = 0, device: torch.device | str = "cpu", progress: bool = False) -> None:
+    def __init__(self, params: Params, seed: int = 0, device: torch.device | str = "cpu", progress: bool = False,
+                 context: DefenseContext | None = None) -> None:
         self.params = params
-        self.seed = seed
-        self.device = torch.device(device)
-        self.progress = progress
-        self.auxiliaries: list[Encoder] = []
-        self.extra_data: dict[str, ImageData] = {}  # set by the grid: the datasets `extra_datasets` named
-        self.checkpoint_dir: Path | None = None  # set by the grid: where epoch checkpoints go
+        self.context = context or DefenseContext(seed, torch.device(device), progress)
 
-    def checkpoint(self, name: str) -> "EpochCheckpoint":
-        return EpochCheckpoint(self.checkpoint_dir / f"{name}.pt" if self.checkpoint_dir else None)
+    @property
+    def seed(self) -> int:
+        return self.context.seed
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.context.device)
+
+    @property
+    def progress(self) -> bool:
+        return self.context.progress
+
+    @property
+    def auxiliaries(self) -> tuple[nn.Module, ...]:
+        return self.context.auxiliaries
+
+    @property
+    def extra_data(self) -> dict[str, ImageData]:
+        return self.context.extra_data
+
+    def checkpoint(self, name: str) -> EpochCheckpoint:
+        directory = self.context.checkpoint_dir
+        return EpochCheckpoint(directory / f"{name}.pt" if directory else None)
 
     def fast_encoder(self, encoder: Encoder) -> nn.Module:
         """`encoder` as the params' speed switches (`SpeedSwitches`) ask to run it: itself
@@ -175,6 +177,7 @@ class Defense(Configurable):
         """Back to the default (contiguous) memory format, as the artifact stores it."""
         return encoder.to(memory_format=torch.contiguous_format)
 
+    @required
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         raise NotImplementedError
 
@@ -252,74 +255,36 @@ class AdversarialFineTuning(Defense):
 
     Params: ClassVar[type[AdversarialFineTuningParams]] = AdversarialFineTuningParams
 
+    @required
     def loss(self, encoder: Encoder, head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def pgd(
-        self, objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-        eps: float | None = None, step_size: float | None = None, steps: int | None = None,
-        random_start: bool | None = None, start: torch.Tensor | None = None,
-        iterates: list[torch.Tensor] | None = None, leak_into: list[torch.Tensor] | None = None,
-        clamp_start: bool = True,
-    ) -> torch.Tensor:
-        """Maximise `objective(x_adv)` (a scalar) in the L-inf ball; returns a detached x_adv in [0, 1].
-
-        The start is x (+ uniform noise in the ball when random_start), or `start` when
-        given (TRADES and MART start from x + 0.001 N(0, 1)), clamped to [0, 1] unless
-        `clamp_start` is off (the TRADES / MART references take their first gradient at
-        the unclamped start). Each step projects onto the ball and [0, 1]. `iterates`, if
-        given, receives each point the gradient was taken at (the start first).
-
-        `leak_into` reproduces, on request, the released Gen-AF / ZePAD loops' attack
-        (`loss.backward()` inside the PGD after the optimisers were zeroed): each step's
-        objective is also back-propagated into these parameters' `.grad`, in the same
-        backward pass as the input gradient, and the sum of the objectives is kept in
-        `self.leaked_objective`. The training loop zeroes gradients before `loss`, so
-        the leak lands in that step's update; otherwise no gradient reaches a parameter."""
+    def pgd(self, objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float | None = None,
+            step_size: float | None = None, steps: int | None = None, random_start: bool | None = None,
+            **options: Any) -> PGDResult:
+        """`daebench.training.pgd` at this defense's attack settings (each overridable);
+        `options` are that function's (start, clamp_start, iterates, leak_into)."""
         p = self.params
-        eps = p.eps if eps is None else eps
-        step_size = p.step_size if step_size is None else step_size
-        steps = p.steps if steps is None else steps
-        random = p.random_start if random_start is None else random_start
-        if start is not None:
-            x_adv = start.detach()
-        else:
-            x_adv = x.detach() + (torch.empty_like(x).uniform_(-eps, eps) if random else 0)
-        if clamp_start:
-            x_adv = x_adv.clamp(0, 1)
-        leak_into = [t for t in (leak_into or []) if t.requires_grad]
-        self.leaked_objective = torch.zeros((), device=x.device)  # on the device: no host sync per step
-        for _ in range(steps):
-            if iterates is not None:
-                iterates.append(x_adv.detach())
-            x_adv.requires_grad_(True)
-            value = objective(x_adv)
-            grad, *leaked = torch.autograd.grad(value, [x_adv, *leak_into], allow_unused=True)
-            for param, g in zip(leak_into, leaked):
-                if g is not None:
-                    param.grad = g if param.grad is None else param.grad + g
-            if leak_into:
-                self.leaked_objective = self.leaked_objective + value.detach().float()
-            with torch.no_grad():
-                x_adv = torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
-        return x_adv.detach().clamp(0, 1)
+        return pgd(objective, x, p.eps if eps is None else eps, p.step_size if step_size is None else step_size,
+                   p.steps if steps is None else steps, p.random_start if random_start is None else random_start,
+                   **options)
 
     def ce_adversarial_examples(self, encoder: Encoder, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                 start: torch.Tensor | None = None, iterates: list[torch.Tensor] | None = None,
-                                leak: bool = False) -> torch.Tensor:
+                                leak: bool = False) -> PGDResult:
         """PGD on the head's cross-entropy with BatchNorm in eval mode (the attack must not
         update running statistics), or with `attack_mode: train` the encoder in train mode
         (batch statistics, running statistics updated by every attack forward, as Madry's
         TF model with `updates_collections=None`); leaves encoder and head in train mode for
-        the step. `leak`: the released Gen-AF loop's bug, on purpose (see `pgd`'s `leak_into`)."""
+        the step. `leak`: the released Gen-AF loop's bug, on purpose (`training.pgd`'s `leak_into`)."""
         encoder.train(self.params.attack_mode == "train")
         head.eval()
         leak_into = [*encoder.parameters(), *head.parameters()] if leak else None
-        x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=start, iterates=iterates,
-                         leak_into=leak_into)
+        attack = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=start, iterates=iterates,
+                          leak_into=leak_into)
         encoder.train()
         head.train()
-        return x_adv
+        return attack
 
     def defend(self, victim: Encoder, data: ImageData) -> DefendedModel:
         encoder, _, info = self.fine_tune(victim, data)
@@ -387,10 +352,7 @@ class AdversarialFineTuning(Defense):
         if (state := checkpoint.load()) is not None:
             for name, part in parts.items():
                 part.load_state_dict(state[name])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if state.get("cuda_rng"):
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            restore_rng(state, generator)
             history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
             scores, best = list(state.get("scores", [])), state.get("best")
         for epoch in tqdm(range(first_epoch, p.epochs), desc=f"defend:{self.registry_name}", leave=False,
@@ -398,7 +360,7 @@ class AdversarialFineTuning(Defense):
             total = torch.zeros((), device=self.device)  # on the device: no host sync per step
             count = 0
             for idx in batches(len(x_all), p.batch_size, generator):
-                x = x_all[idx].float().div(255).to(self.device)
+                x = to_float(x_all[idx]).to(self.device)
                 y = y_all[idx].to(self.device)
                 encoder.train()
                 head.train()
@@ -420,9 +382,7 @@ class AdversarialFineTuning(Defense):
                 if best is None or scores[-1] > best["score"]:  # the first best epoch wins ties, as `>` does in the reference
                     best = {"epoch": epoch, "score": scores[-1], "encoder": _cpu_state(encoder), "head": _cpu_state(head)}
             checkpoint.save({**{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch,
-                             "history": history, "scores": scores, "best": best,
-                             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+                             "history": history, "scores": scores, "best": best, **rng_state(generator)})
         info: dict[str, Any] = {"train_loss": history, "selection": p.selection}
         if best is not None:
             encoder.load_state_dict(best["encoder"])
@@ -438,7 +398,7 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 512) -> float:
     model.eval()
-    images = (lambda i: x[i].float().div(255)) if x.dtype == torch.uint8 else (lambda i: x[i])
+    images = (lambda i: to_float(x[i])) if x.dtype == torch.uint8 else (lambda i: x[i])
     correct = sum(int((model(images(i).to(device)).argmax(1).cpu() == y[i]).sum()) for i in batches(len(x), batch_size))
     return correct / max(1, len(x))
 
@@ -453,7 +413,7 @@ def fgsm_accuracy(attacked: nn.Module, evaluated: nn.Module, x: torch.Tensor, y:
     evaluated.eval()
     correct = 0
     for idx in batches(len(x), batch_size):
-        xb = x[idx].float().div(255) if x.dtype == torch.uint8 else x[idx]
+        xb = to_float(x[idx]) if x.dtype == torch.uint8 else x[idx]
         xb, yb = xb.to(device).requires_grad_(True), y[idx].to(device)
         (grad,) = torch.autograd.grad(F.cross_entropy(attacked(xb), yb), xb)
         with torch.no_grad():

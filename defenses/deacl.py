@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from daebench.data import ImageData
+from daebench.data import ImageData, to_float
 from daebench.encoders.backbones import Encoder
-from daebench.encoders.ssl.base import warmup_cosine_lr
 from daebench.runtime import batches, seed_everything
+from daebench.training import pgd, restore_rng, rng_state, warmup_cosine_lr
 from daebench.defenses.base import DefendedModel, Defense, SpeedSwitches, register_defense
 
 
@@ -102,29 +102,25 @@ class DeACL(Defense):
         if (state := checkpoint.load()) is not None:  # resume a killed run exactly
             student.load_state_dict(state["student"])
             optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if state.get("cuda_rng"):
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            restore_rng(state, generator)
             history, first_epoch = list(state["history"]), int(state["epoch"]) + 1
         step = first_epoch * per_epoch
         for epoch in tqdm(range(first_epoch, p.epochs), desc="defend:deacl", leave=False, disable=not self.progress):
-            running, count = 0.0, 0
+            running, count = torch.zeros((), device=self.device), 0
             for idx in batches(len(images), p.batch_size, generator, drop_last=p.drop_last):
                 for group in optimizer.param_groups:
                     group["lr"] = self.learning_rate(epoch, step, per_epoch)
-                x = random_crop_flip(images[idx].float().div(255), p.crop_padding, generator).to(self.device)
+                x = random_crop_flip(to_float(images[idx]), p.crop_padding, generator).to(self.device)
                 loss = self.loss(fast_student, fast_teacher, x)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                running += float(loss.detach()) * len(idx)
+                running = running + loss.detach().float() * len(idx)  # on the device: no host sync per step
                 count += len(idx)
                 step += 1
-            history.append(running / max(count, 1))
+            history.append(float(running) / max(count, 1))
             checkpoint.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                             "history": history, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+                             "history": history, **rng_state(generator)})
         return DefendedModel([self.plain_encoder(student).eval()], {"train_loss": history})
 
     def batches_per_epoch(self, n: int) -> int:
@@ -144,16 +140,10 @@ class DeACL(Defense):
         """PGD with the student in eval mode, maximising -cos(s(x'), t(x)) from a uniform random start."""
         p = self.params
         student.eval()
-        x_adv = x.detach() + torch.empty_like(x).uniform_(-p.eps, p.eps)
-        if p.clamp_start:
-            x_adv = x_adv.clamp(0, 1)
-        for _ in range(p.steps):
-            x_adv.requires_grad_(True)
-            (grad,) = torch.autograd.grad(-F.cosine_similarity(student(x_adv), target).sum(), x_adv)
-            with torch.no_grad():
-                x_adv = torch.min(torch.max(x_adv + p.step_size * grad.sign(), x - p.eps), x + p.eps).clamp(0, 1)
+        x_adv = pgd(lambda z: -F.cosine_similarity(student(z), target).sum(), x, p.eps, p.step_size, p.steps,
+                    random_start=True, clamp_start=p.clamp_start).x_adv
         student.train()
-        return x_adv.detach()
+        return x_adv
 
     def loss(self, student: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         p = self.params

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from daebench.data import ImageData
+from daebench.data import ImageData, to_float
 from daebench.encoders.backbones import Encoder
 from daebench.runtime import batches
+from daebench.training import pgd
 from daebench.defenses.base import (AdversarialFineTuning, AdversarialFineTuningParams, DefendedModel, FineTuneSplit,
                            _accuracy, fgsm_accuracy, register_defense, unnormalised)
 
@@ -175,11 +176,12 @@ class GenAF(AdversarialFineTuning):
         (the term carries none: it only makes the logged loss the trained one)."""
         p = self.params
         if p.variant == "released":
-            x_adv = self.ce_adversarial_examples(unnormalised(encoder), head, x, y, leak=True)
-            terms = {"attack_leak": self.leaked_objective}
+            attack = self.ce_adversarial_examples(unnormalised(encoder), head, x, y, leak=True)
+            terms = {"attack_leak": attack.leaked_objective}
         else:
-            x_adv = self.ce_adversarial_examples(encoder, head, x, y)
+            attack = self.ce_adversarial_examples(encoder, head, x, y)
             terms = {}
+        x_adv = attack.x_adv
         features_adv = encoder(x_adv)  # the adversarial forward first, as released (BatchNorm statistics)
         features_clean = encoder(x)
         logits_adv = head(features_adv)
@@ -242,15 +244,15 @@ class GenAF(AdversarialFineTuning):
                 raise ValueError(f"genaf: probe_data '{p.probe_data}' has {probe.num_classes} classes but the D_f head "
                                  f"has {num_classes}; its labels cannot be read as D_f classes")
             x, y = probe.x_train, probe.y_train
-        return x[: p.probe_samples].float().div(255).to(self.device), y[: p.probe_samples].to(self.device)
+        return to_float(x[: p.probe_samples]).to(self.device), y[: p.probe_samples].to(self.device)
 
     def probe_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """torchattacks' PGD as drc.py calls it: random start in the ball, `probe_steps`
         sign steps of `probe_step_size` on the CE, eval mode."""
         p = self.params
         model.eval()
-        return torch.cat([self.pgd(lambda z, yb=y[idx]: F.cross_entropy(model(z), yb), x[idx], eps=p.probe_eps,
-                                   step_size=p.probe_step_size, steps=p.probe_steps, random_start=p.probe_random_start)
+        return torch.cat([pgd(lambda z, yb=y[idx]: F.cross_entropy(model(z), yb), x[idx], p.probe_eps,
+                                  p.probe_step_size, p.probe_steps, p.probe_random_start).x_adv
                           for idx in batches(len(x), p.probe_batch_size)])
 
     def candidate_layers(self, encoder: Encoder, head: nn.Module) -> dict[str, nn.Module]:
@@ -329,7 +331,7 @@ class GenAF(AdversarialFineTuning):
             opt = torch.optim.Adam(list(trainable.values()), lr=p.stage2_lr, weight_decay=p.weight_decay)
             model.train(p.stage2_mode == "train")
             for idx in batches(len(split.x_train), p.batch_size, generator):
-                loss = F.cross_entropy(model(split.x_train[idx].float().div(255).to(self.device)),
+                loss = F.cross_entropy(model(to_float(split.x_train[idx]).to(self.device)),
                                        split.y_train[idx].to(self.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -46,7 +46,7 @@ class MART(AdversarialFineTuning):
         encoder.eval()
         head.eval()
         x_adv = self.pgd(lambda z: F.cross_entropy(head(encoder(z)), y), x, start=x + p.start_std * torch.randn_like(x),
-                         clamp_start=p.clamp_start)
+                         clamp_start=p.clamp_start).x_adv
         encoder.train()
         head.train()
         return x_adv

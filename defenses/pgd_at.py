@@ -20,5 +20,5 @@ class PGDAT(AdversarialFineTuning):
     profiles = {"tiny": {"epochs": 2, "steps": 3, "step_size": 4 / 255}}
 
     def loss(self, encoder, head, x, y):
-        x_adv = self.ce_adversarial_examples(encoder, head, x, y)
+        x_adv = self.ce_adversarial_examples(encoder, head, x, y).x_adv
         return F.cross_entropy(head(encoder(x_adv)), y)

@@ -57,7 +57,7 @@ class TRADES(AdversarialFineTuning):
         with torch.no_grad():
             target = head(encoder(x))
         x_adv = self.pgd(lambda z: trades_kl(target, head(encoder(z))), x, start=x + p.start_std * torch.randn_like(x),
-                         clamp_start=p.clamp_start)
+                         clamp_start=p.clamp_start).x_adv
         encoder.train()
         head.train()
         return x_adv

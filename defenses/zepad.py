@@ -20,6 +20,7 @@ released code: docs/FIDELITY.md#zepad.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Collection, Literal
 
@@ -31,6 +32,7 @@ from daebench.encoders.backbones import Encoder
 from daebench.errors import ConfigError
 from daebench.defenses.base import AuxiliaryEncoder, DefendedModel, Defense, register_defense
 from daebench.defenses.genaf import GenAF, GenAFParams
+from daebench.training import PGDResult
 
 # recipe settings a partner encoder shares with the victim when the victim's spec pins
 # them (sizes, speed switches), never method-specific hyper-parameters such as a
@@ -165,14 +167,12 @@ class ZePAD(Defense):
         mpae = [victim, *partners]
         info: dict = {}
         if p.adversarial_fine_tuning:
-            tuner = _GenAFStageOne(GenAFParams(**{k: v for k, v in dict(p).items() if k in GenAFParams.model_fields}),
-                                   seed=self.seed, device=self.device, progress=self.progress)
-            tuner.registry_name = "zepad"
+            stage_one = GenAFParams(**{k: v for k, v in dict(p).items() if k in GenAFParams.model_fields})
             tuned = []
-            for i, encoder in enumerate(mpae):
-                tuner.seed = self.seed + i
-                tuner.checkpoint_dir = self.checkpoint_dir
-                tuner.fixed_perturbation = self.generator_perturbation(encoder, data, i) if p.adv_source == "generator" else None
+            for i, encoder in enumerate(mpae):  # each MPAE encoder: its own run, seeded apart
+                fixed = self.generator_perturbation(encoder, data, i) if p.adv_source == "generator" else None
+                tuner = _GenAFStageOne(stage_one, context=dataclasses.replace(self.context, seed=self.seed + i, auxiliaries=()),
+                                       fixed_perturbation=fixed)
                 encoder, _, tuned_info = tuner.fine_tune(encoder, data, tag=f"mpae{i}")
                 tuned.append(encoder.eval())
                 info |= {f"mpae{i}_{k}": v for k, v in tuned_info.items()}
@@ -195,7 +195,7 @@ class ZePAD(Defense):
         attack = AdvEncoder(AdvEncoder.resolve_params(None, p.generator_params), eps=p.eps, seed=self.seed + 100 + index,
                             device=self.device)
         images = data.x_train[: p.max_samples] if p.max_samples else data.x_train
-        return attack.craft(encoder, images)
+        return attack.craft(encoder, images).delta
 
     @staticmethod
     def fuse(logits: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor:
@@ -245,13 +245,17 @@ def rfdm_weight(max_probability: float) -> float:
 
 
 class _GenAFStageOne(GenAF):
-    """Gen-AF's stage-1 fine-tuning; with `fixed_perturbation`, D_adv is x + that
-    perturbation (Algorithm 1's generator) instead of PGD examples."""
+    """Gen-AF's stage-1 fine-tuning of one MPAE encoder; with `fixed_perturbation`, D_adv
+    is x + that perturbation (Algorithm 1's generator) instead of PGD examples."""
 
-    fixed_perturbation: torch.Tensor | None = None
+    registry_name = "zepad"  # progress bars and errors name the defense that runs it
 
-    def pgd(self, objective, x, *args, **kwargs):
+    def __init__(self, params: GenAFParams, context, fixed_perturbation: torch.Tensor | None = None) -> None:
+        super().__init__(params, context=context)
+        self.fixed_perturbation = fixed_perturbation
+
+    def pgd(self, objective, x, *args, **kwargs) -> PGDResult:
         if self.fixed_perturbation is None:
             return super().pgd(objective, x, *args, **kwargs)
-        self.leaked_objective = torch.zeros((), device=x.device)  # no attack ran, so nothing leaks
-        return (x + self.fixed_perturbation.to(x.device)).clamp(0, 1).detach()
+        x_adv = (x + self.fixed_perturbation.to(x.device)).clamp(0, 1).detach()
+        return PGDResult(x_adv, torch.zeros((), device=x.device))  # no attack ran, so nothing leaks

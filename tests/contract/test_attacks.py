@@ -41,7 +41,7 @@ def _attack(name, seed=0):
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_budget_and_valid_images(name, surrogate, images, labels):
     attack = _attack(name)
-    delta = attack.craft(surrogate, images, labels)
+    delta = attack.craft(surrogate, images, labels).delta
     assert delta.abs().max() <= EPS  # exactly within budget, no float slack
     assert delta.shape == ((1,) if attack.universal else (len(images),)) + images.shape[1:]
     x_adv = attack.apply(delta, images)
@@ -52,15 +52,15 @@ def test_budget_and_valid_images(name, surrogate, images, labels):
 
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_same_seed_same_artifact(name, surrogate, images, labels):
-    a = _attack(name, seed=5).craft(surrogate, images, labels)
-    b = _attack(name, seed=5).craft(surrogate, images, labels)
+    a = _attack(name, seed=5).craft(surrogate, images, labels).delta
+    b = _attack(name, seed=5).craft(surrogate, images, labels).delta
     assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", [n for n in ATTACKS.names() if n != "noise"])  # noise is the control
 def test_attack_moves_embeddings_more_than_random_noise(name, surrogate, images, labels):
     attack = _attack(name)
-    delta = attack.craft(surrogate, images, labels)
+    delta = attack.craft(surrogate, images, labels).delta
     g = torch.Generator().manual_seed(0)
     noise = (torch.rand(images.shape, generator=g) * 2 - 1) * EPS
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_white_box_attacks_never_use_the_concatenated_features(name, two_surroga
     hooks = [conv.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
              for i, conv in enumerate(first_convs)]
     try:
-        delta = _attack(name).craft(SurrogateEnsemble(list(two_surrogates)), images, labels)
+        delta = _attack(name).craft(SurrogateEnsemble(list(two_surrogates)), images, labels).delta
     finally:
         for h in hooks:
             h.remove()
@@ -193,23 +193,23 @@ def test_reference_options_craft_within_budget_and_change_the_artifact(name, sur
     cls = ATTACKS.get(name)
     params = {"batch_size": 16, **REFERENCE_OPTIONS[name]}
     reference = cls(cls.resolve_params(cls.profile_for(None, "tiny"), params), eps=EPS, seed=0)
-    delta = reference.craft(surrogate, images, labels)
+    delta = reference.craft(surrogate, images, labels).delta
     assert delta.abs().max() <= EPS
-    assert not torch.equal(delta, _attack(name).craft(surrogate, images, labels))
+    assert not torch.equal(delta, _attack(name).craft(surrogate, images, labels).delta)
 
 
 # -- UAPGD: the reference algorithm and the batched variant --------------------------------------
 def test_uapgd_variants_differ_and_report(surrogate, images, labels):
     reference = _attack("uapgd")
     assert reference.params.variant == "reference"
-    delta_ref = reference.craft(surrogate, images, labels)
-    assert 0 <= reference.report["fooling_rate"] <= 1 and reference.report["images_seen"] == len(images)
-    assert 0 < reference.report["images_updated"] <= len(images)
+    delta_ref, report = reference.craft(surrogate, images, labels)
+    assert 0 <= report["fooling_rate"] <= 1 and report["images_seen"] == len(images)
+    assert 0 < report["images_updated"] <= len(images)
     cls = ATTACKS.get("uapgd")
     batched = cls(cls.resolve_params("tiny", {"batch_size": 16, "variant": "batched"}), eps=EPS, seed=0)
     assert batched.params.epochs == 1 and math.isclose(batched.params.step_size, 1 / 255)  # tiny / version-3 step
     assert cls.resolve_params("paper", {"variant": "batched"}).epochs == 5  # version 3's default
-    assert not torch.equal(delta_ref, batched.craft(surrogate, images, labels))
+    assert not torch.equal(delta_ref, batched.craft(surrogate, images, labels).delta)
 
 
 @pytest.mark.parametrize("bad,match", [

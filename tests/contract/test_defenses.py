@@ -7,6 +7,7 @@ from daebench.config import EncoderSpec
 from daebench.data import load_dataset
 from daebench.encoders import build_encoder
 from daebench.defenses import DEFENSES
+from daebench.defenses.base import DefenseContext
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,10 @@ def _defend(name, data, seed=0, **overrides):
     cls = DEFENSES.get(name)
     params = cls.resolve_params(cls.profile_for(None, "tiny"), ({"epochs": 1, "steps": 1, "batch_size": 64}
                                 if "epochs" in cls.Params.model_fields else {}) | overrides)
-    defense = cls(params, seed=seed)
     # extra encoders (ZePAD's partners and BMP encoder): fresh narrow ones stand in for pre-trained ones
     spec = EncoderSpec(method="simclr", dataset="digits", width=8)
-    defense.auxiliaries = [build_encoder("resnet18", width=8) for _ in cls.auxiliary_encoders(params, spec, "digits")]
+    auxiliaries = tuple(build_encoder("resnet18", width=8) for _ in cls.auxiliary_encoders(params, spec, "digits"))
+    defense = cls(params, context=DefenseContext(seed=seed, auxiliaries=auxiliaries))
     return victim, defense.defend(victim, data)
 
 
@@ -101,7 +102,7 @@ class _Killed(Exception):
 def test_a_killed_defense_resumes_from_its_epoch_checkpoint_identically(name, data, tmp_path, monkeypatch):
     """Kill after the first epoch's checkpoint; a new run with the same directory resumes and
     ends with exactly the weights of an uninterrupted run."""
-    from daebench.defenses.base import EpochCheckpoint
+    from daebench.training import EpochCheckpoint
 
     cls = DEFENSES.get(name)
     params = cls.resolve_params(cls.profile_for(None, "tiny"), {"epochs": 3, "steps": 1, "batch_size": 64})
@@ -109,8 +110,7 @@ def test_a_killed_defense_resumes_from_its_epoch_checkpoint_identically(name, da
     def run(directory):
         torch.manual_seed(0)
         victim = build_encoder("resnet18", width=8)
-        defense = cls(params, seed=3)
-        defense.checkpoint_dir = directory
+        defense = cls(params, context=DefenseContext(seed=3, checkpoint_dir=directory))
         return defense.defend(victim, data).branches[0].state_dict()
 
     uninterrupted = run(None)

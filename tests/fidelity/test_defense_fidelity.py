@@ -372,7 +372,7 @@ def test_pgd_at_attack_is_madrys_linf_pgd_and_its_loss_the_ce_on_it():
     p = defense.params
     encoder.train(), head.train()
     torch.manual_seed(3)
-    x_adv = defense.ce_adversarial_examples(encoder, head, x, y)
+    x_adv = defense.ce_adversarial_examples(encoder, head, x, y).x_adv
     model = Composed(encoder, head).eval()
     torch.manual_seed(3)
     ref = ref_madry_pgd(lambda z: F.cross_entropy(model(z), y), x, p.eps, p.steps, p.step_size)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from daebench.encoders.ssl import SSL_METHODS
-from daebench.encoders.ssl.base import LARS, momentum_tau, warmup_cosine_lr
+from daebench.encoders.ssl.base import LARS, momentum_tau
+from daebench.training import warmup_cosine_lr
 from daebench.encoders.ssl.heads import IterNorm
 
 TOL = 1e-6

@@ -7,6 +7,7 @@ import torch
 
 from daebench.data import ImageData, load_dataset
 from daebench.encoders import build_encoder
+from daebench.defenses.base import DefenseContext
 from daebench.defenses.genaf import GenAF
 from daebench.defenses.pgd_at import PGDAT
 
@@ -64,7 +65,7 @@ def test_stage2_probe_set_comes_from_probe_data_when_named(digits):
     with pytest.raises(ValueError, match="was not loaded"):
         defense.probe_set(split, digits.num_classes)
     other = ImageData("o", digits.x_test, digits.y_test, digits.x_test[:2], digits.y_test[:2], digits.num_classes)
-    defense.extra_data = {"other": other}
+    defense = GenAF(defense.params, context=DefenseContext(extra_data={"other": other}))
     x, y = defense.probe_set(split, digits.num_classes)
     assert len(x) == 7 and torch.equal(y, digits.y_test[:7])
     with pytest.raises(ValueError, match="cannot be read as D_f classes"):
@@ -106,7 +107,7 @@ def test_attack_mode_train_attacks_on_batch_statistics_as_madrys_pgd_at(mode, mo
     head = make_head(encoder.feature_dim, 10)
     defense = PGDAT(PGDAT.resolve_params("tiny", {"attack_mode": mode}), seed=0)
     before = encoder.backbone.bn1.running_mean.clone()
-    x_adv = defense.ce_adversarial_examples(encoder, head, torch.rand(8, 3, 16, 16), torch.arange(8))
+    x_adv = defense.ce_adversarial_examples(encoder, head, torch.rand(8, 3, 16, 16), torch.arange(8)).x_adv
     assert (x_adv >= 0).all() and (x_adv <= 1).all()
     assert (not torch.equal(before, encoder.backbone.bn1.running_mean)) == moves
     assert encoder.training and head.training  # back in train mode for the step

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from daebench.config import EncoderSpec
+from daebench.defenses.base import DefenseContext
 from daebench.defenses.zepad import ZePAD, rfdm_weight
 
 FUSION = {"method": "rfdm", "mpae": [0, 1], "bmp": 2, "threshold": 0.1}
@@ -103,9 +104,9 @@ def test_generator_source_fine_tunes_on_x_plus_a_universal_perturbation():
     data = ImageData("d", d.x_train[:96], d.y_train[:96], d.x_test[:32], d.y_test[:32], d.num_classes)
     params = ZePAD.resolve_params("tiny", {"epochs": 1, "batch_size": 48, "adv_source": "generator",
                                            "generator_params": {"widths": [16, 8], "epochs": 1, "batch_size": 48}})
-    defense = ZePAD(params, seed=0)
     torch.manual_seed(0)
-    defense.auxiliaries = [build_encoder("resnet18", width=8) for _ in range(2)]
+    defense = ZePAD(params, context=DefenseContext(seed=0, auxiliaries=tuple(build_encoder("resnet18", width=8)
+                                                                            for _ in range(2))))
     seen = []
     real_pgd = zepad._GenAFStageOne.pgd
 

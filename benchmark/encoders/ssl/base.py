@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 from daebench.compat import import_torchvision
 from daebench.encoders.backbones import Encoder
 from daebench.encoders.ssl.augment import AugmentParams, augment
-from daebench.plugins import Configurable, Params
+from daebench.plugins import Configurable, Params, required
 from daebench.registry import Registry
+from daebench.training import warmup_cosine_lr
 from daebench.runtime import batches, seed_everything
 
 import_torchvision()  # lightly imports torchvision; must come first on CPU torch
@@ -99,6 +100,7 @@ class SSLMethod(nn.Module, Configurable):
         self.params = params
         self.epoch = 0  # set by the loop before each step (schedules counted in epochs)
 
+    @required
     def training_loss(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -170,16 +172,6 @@ def _optimizer(params: SSLParams, module: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay)
     return LARS(trainable, lr=lr, momentum=params.momentum, weight_decay=params.weight_decay, eta=params.lars_eta,
                 clip_lr=params.lars_clip_lr, exclude_bias_n_norm=params.lars_exclude_bias_n_norm)
-
-
-def warmup_cosine_lr(step: int, warmup: int, total: int, base: float, start: float, min_lr: float = 0.0) -> float:
-    """The closed form of LinearWarmupCosineAnnealingLR (pl_bolts; solo-learn's copy): linear from
-    `start` at step 0 to `base` at step warmup - 1, then cosine from `base` at step `warmup`
-    to `min_lr` at step `total`. Without warm-up the cosine starts at `base`."""
-    if step < warmup:
-        return start + step * (base - start) / max(1, warmup - 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def momentum_tau(progress: float, base: float, final: float) -> float:
