@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daebench.errors import ConfigError, DAEBenchError
+from daebench.encoders.spec import EncoderSpec  # noqa: F401 (part of a grid's vocabulary)
 from daebench.heads import HeadParams
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -70,32 +71,6 @@ class PluginSpec(_Strict):
     @property
     def display(self) -> str:
         return self.label or self.name
-
-
-class EncoderSpec(_Strict):
-    """A victim encoder: pre-trained by the harness (`method` + `dataset`) or a `checkpoint`."""
-
-    name: str | None = None
-    method: str | None = None
-    dataset: str | None = None
-    checkpoint: str | None = None
-    key_map: dict[str, str] | None = None
-    arch: str = "resnet18"
-    width: int = Field(64, ge=1, le=1024)
-    conv1_padding: int | None = Field(None, ge=0, le=3, description="None: the architecture's own (resnet18: 2, as solo-learn)")
-    normalization: Literal["cifar", "imagenet"] = "cifar"
-    profile: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "EncoderSpec":
-        if (self.method is None) == (self.checkpoint is None):
-            raise ValueError("an encoder needs exactly one of `method` (+ `dataset`) to pre-train it, or `checkpoint`")
-        if self.method is not None and self.dataset is None:
-            raise ValueError(f"encoder with method '{self.method}' needs `dataset` (its pre-training data D_p)")
-        if self.name is None:
-            self.name = f"{self.method}-{self.dataset}" if self.method else Path(self.checkpoint).stem
-        return self
 
 
 class GridSpec(_Strict):

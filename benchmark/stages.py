@@ -23,7 +23,9 @@ from typing import Callable
 import torch
 
 from daebench.data import ImageData, load_dataset, to_float
-from daebench.encoders.backbones import build_encoder, pack_branches, unpack_branches
+from daebench.encoders.backbones import build_encoder
+from daebench.defenses.base import Fusion
+from daebench.encoders.models import pack_branches, unpack_branches
 from daebench.heads import HeadParams, make_head, predict_logits, train_head
 from daebench.metrics import detection_metrics, robustness_metrics
 from daebench.runtime import batches, seed_everything
@@ -149,7 +151,9 @@ def run_defend(ctx: StageContext, spec: DefendSpec, inputs: dict[str, Artifact])
     started = time.perf_counter()
     model = defense.defend(victim, ctx.dataset(spec.data))
     tensors, meta = pack_branches([b.cpu() for b in model.branches])
-    return tensors, {**meta, "info": model.info, "defend_seconds": time.perf_counter() - started, "plugin": cls.record()}
+    fusion = {"fusion": model.fusion.model_dump()} if model.fusion else {}
+    return tensors, {**meta, **fusion, "info": model.info, "defend_seconds": time.perf_counter() - started,
+                     "plugin": cls.record()}
 
 
 # -- downstream --------------------------------------------------------------------------
@@ -164,8 +168,8 @@ def run_features(ctx: StageContext, spec: FeaturesSpec, inputs: dict[str, Artifa
         out[f"branch{i}"] = encode_images(encoder, x, ctx.torch_device, ctx.batch_size, delta,
                                           True if spec.clamp is None else spec.clamp)
     meta = {"num_classes": data.num_classes, "n": len(y), "feature_dims": [e.feature_dim for e in branches]}
-    fusion = inputs["model"].meta.get("info", {}).get("fusion")
-    return out, meta | ({"fusion": fusion} if fusion else {})  # how evaluate combines the branches
+    fusion = Fusion.recorded(inputs["model"].meta)
+    return out, meta | ({"fusion": fusion.model_dump()} if fusion else {})  # how evaluate combines the branches
 
 
 @stage("head")
@@ -191,7 +195,7 @@ def run_evaluate(ctx: StageContext, spec: EvaluateSpec, inputs: dict[str, Artifa
     defense = DEFENSES.get(spec.defense)
     out: Tensors = {"labels": labels}
     preds, scores = {}, {}
-    fusion = clean.meta.get("fusion")
+    fusion = Fusion.recorded(clean.meta)
     for which, feats in (("clean", clean), ("adv", adv)):
         logits = [predict_logits(h, feats.tensors[f"branch{i}"]) for i, h in enumerate(heads)]
         confidences = [lg.softmax(1).max(1).values for lg in logits]
@@ -202,7 +206,7 @@ def run_evaluate(ctx: StageContext, spec: EvaluateSpec, inputs: dict[str, Artifa
         scores[which] = defense.detection_score(confidences, fusion)
     metrics = robustness_metrics(labels, preds["clean"], preds["adv"])
     if scores["clean"] is not None:  # a detector: clean images should pass, adversarial ones be flagged
-        threshold = (fusion or {}).get("threshold", 0.0)
+        threshold = fusion.threshold if fusion else 0.0
         metrics |= detection_metrics(scores["clean"], scores["adv"], threshold)
         out |= {"detection_score_clean": scores["clean"], "detection_score_adv": scores["adv"],
                 "flagged_clean": scores["clean"] > threshold, "flagged_adv": scores["adv"] > threshold}

@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar, Collection, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -87,8 +87,32 @@ class AuxiliaryEncoder:
 
 @dataclass
 class DefendedModel:
-    branches: list[Encoder]
+    """What a defense produces: one or more branches, each any module mapping [0, 1] images
+    to features (`daebench.encoders.models`: an encoder, an input transformation in front
+    of one, a plugin's own kind), how their heads' logits combine (`fusion`, for several
+    branches), and diagnostics to record with the artifact (`info`)."""
+
+    branches: list[nn.Module]
     info: dict[str, Any] = field(default_factory=dict)
+    fusion: "Fusion | None" = None
+
+
+class Fusion(BaseModel):
+    """How a multi-branch defended model combines its branches downstream, recorded with it:
+    the fusion rule, which branches form the adversarially tuned (MPAE) side and which one
+    is the benign (BMP) branch, and the detector's threshold."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    method: str = "rfdm"
+    mpae: list[int] = Field(default_factory=list)
+    bmp: int | None = None
+    threshold: float = 0.0
+
+    @classmethod
+    def recorded(cls, meta: dict[str, Any]) -> "Fusion | None":
+        """The fusion an artifact's metadata records (older defended models kept it under `info`)."""
+        raw = meta.get("fusion") or meta.get("info", {}).get("fusion")
+        return cls(**raw) if raw else None
 
 
 class FineTuneSplit(NamedTuple):
@@ -198,24 +222,24 @@ class Defense(Configurable):
         return []
 
     @staticmethod
-    def detection_score(confidences: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor | None:
+    def detection_score(confidences: list[torch.Tensor], fusion: Fusion | None = None) -> torch.Tensor | None:
         """A per-input score, higher = more likely adversarial, from per-branch confidences
         (max softmax), or None when the defense has no detector. The evaluation reports
         its AUROC over the clean and adversarial test images, whatever the threshold."""
         return None
 
     @classmethod
-    def detect(cls, confidences: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor | None:
+    def detect(cls, confidences: list[torch.Tensor], fusion: Fusion | None = None) -> torch.Tensor | None:
         """Flag inputs as adversarial: `detection_score` above the threshold the defended
-        model recorded (`fusion["threshold"]`). The evaluation reports the detection
+        model recorded (`fusion.threshold`). The evaluation reports the detection
         accuracy over the clean (should pass) and adversarial (should be flagged) images."""
         score = cls.detection_score(confidences, fusion)
-        return None if score is None else score > (fusion or {}).get("threshold", 0.0)
+        return None if score is None else score > (fusion.threshold if fusion else 0.0)
 
     @staticmethod
-    def fuse(logits: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor:
+    def fuse(logits: list[torch.Tensor], fusion: Fusion | None = None) -> torch.Tensor:
         """Combine per-branch logits into one prediction; one branch: itself. `fusion` is
-        what the defended model recorded under info["fusion"] (e.g. which branch is which)."""
+        what the defended model recorded (e.g. which branch is which)."""
         if len(logits) != 1:
             raise NotImplementedError("multi-branch defenses must define fuse()")
         return logits[0]

@@ -30,7 +30,7 @@ from pydantic import Field, ValidationError
 from daebench.data import ImageData
 from daebench.encoders.backbones import Encoder
 from daebench.errors import ConfigError
-from daebench.defenses.base import AuxiliaryEncoder, DefendedModel, Defense, register_defense
+from daebench.defenses.base import AuxiliaryEncoder, DefendedModel, Defense, Fusion, register_defense
 from daebench.defenses.genaf import GenAF, GenAFParams
 from daebench.training import PGDResult
 
@@ -182,9 +182,8 @@ class ZePAD(Defense):
         if p.bmp_branch:
             bmp = len(branches)
             branches.append(self.auxiliaries[-1].eval())
-        info["fusion"] = {"method": p.fusion, "mpae": list(range(len(mpae))), "bmp": bmp,
-                          "threshold": p.detect_threshold}
-        return DefendedModel(branches, info)
+        fusion = Fusion(method=p.fusion, mpae=list(range(len(mpae))), bmp=bmp, threshold=p.detect_threshold)
+        return DefendedModel(branches, info, fusion)
 
     def generator_perturbation(self, encoder: Encoder, data: ImageData, index: int) -> torch.Tensor:
         """Algorithm 1's G: an AdvEncoder generator trained against this encoder on D_f
@@ -198,10 +197,10 @@ class ZePAD(Defense):
         return attack.craft(encoder, images).delta
 
     @staticmethod
-    def fuse(logits: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor:
+    def fuse(logits: list[torch.Tensor], fusion: Fusion | None = None) -> torch.Tensor:
         if len(logits) == 1:
             return logits[0]
-        method = (fusion or {}).get("method", "rfdm")
+        method = fusion.method if fusion else "rfdm"
         stacked = torch.stack(logits)  # branches x batch x classes
         if method == "equal":
             return stacked.mean(0)
@@ -215,18 +214,18 @@ class ZePAD(Defense):
         return (weights.unsqueeze(-1) * stacked).sum(0)
 
     @staticmethod
-    def detection_score(confidences: list[torch.Tensor], fusion: dict | None = None) -> torch.Tensor | None:
+    def detection_score(confidences: list[torch.Tensor], fusion: Fusion | None = None) -> torch.Tensor | None:
         """MPAE confidence (the mean over its encoders' max softmax) minus the BMP branch's."""
-        if not fusion or fusion.get("bmp") is None or not fusion.get("mpae"):
+        if fusion is None or fusion.bmp is None or not fusion.mpae:
             return None
-        mpae = torch.stack([confidences[i] for i in fusion["mpae"]]).mean(0)
-        return mpae - confidences[fusion["bmp"]]
+        mpae = torch.stack([confidences[i] for i in fusion.mpae]).mean(0)
+        return mpae - confidences[fusion.bmp]
 
 
 def _encoder_spec(spec: dict[str, Any], victim, profile: str, where: str):
     """A user's auxiliary encoder spec as an `EncoderSpec`: the victim's architecture,
     normalisation and (for a method) shared recipe unless the spec sets them."""
-    from daebench.config import EncoderSpec
+    from daebench.encoders.spec import EncoderSpec
 
     inherited = {k: getattr(victim, k) for k in ("arch", "width", "conv1_padding", "normalization", "profile")}
     if spec.get("method") and "params" not in spec:

@@ -19,7 +19,7 @@ import torch
 
 from daebench.config import parse_overrides
 from daebench.data import load_dataset
-from daebench.encoders.backbones import unpack_branches
+from daebench.encoders.models import unpack_branches
 from daebench.heads import HeadParams, head_optimizer, make_head, train_head
 from daebench.provenance import provenance
 from daebench.runtime import batches, seed_everything

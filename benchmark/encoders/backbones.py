@@ -259,20 +259,3 @@ def build_encoder(
     encoder.arch_spec = {"arch": arch, "width": width, "conv1_padding": conv1_padding,
                          "mean": list(mean), "std": list(std)}
     return encoder
-
-
-def pack_branches(encoders: Sequence[Encoder]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Encoders -> (tensors 'branch{i}.<param>', meta with each branch's arch spec)."""
-    tensors = {f"branch{i}.{k}": v for i, e in enumerate(encoders) for k, v in e.backbone.state_dict().items()}
-    return tensors, {"branches": [e.arch_spec for e in encoders]}
-
-
-def unpack_branches(tensors: dict[str, torch.Tensor], meta: dict) -> list[Encoder]:
-    """Inverse of `pack_branches`: rebuild each encoder and load its weights strictly."""
-    encoders = []
-    for i, spec in enumerate(meta["branches"]):
-        encoder = build_encoder(**spec)
-        prefix = f"branch{i}."
-        encoder.backbone.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        encoders.append(encoder.eval())
-    return encoders

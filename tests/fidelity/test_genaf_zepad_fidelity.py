@@ -18,7 +18,7 @@ from torch import nn
 
 from daebench.encoders import build_encoder
 from daebench.heads import make_head
-from daebench.defenses.base import fgsm_accuracy, unnormalised
+from daebench.defenses.base import Fusion, fgsm_accuracy, unnormalised
 from daebench.defenses.genaf import GenAF, feature_structure_loss, genetic_regularisation
 from daebench.defenses.zepad import ZePAD
 
@@ -368,7 +368,7 @@ def released_fusion(method, l1, l2, l3):
 def test_fusion_matches_confidence_py(method):
     g = torch.Generator().manual_seed(7)
     logits = [(torch.randn(9, 10, generator=g, dtype=torch.float64) * 3).requires_grad_(True) for _ in range(3)]
-    ours = ZePAD.fuse(logits, {"method": method, "mpae": [0, 2], "bmp": 1})
+    ours = ZePAD.fuse(logits, Fusion(method=method, mpae=[0, 2], bmp=1))
     ref = released_fusion(method, *logits)
     torch.testing.assert_close(ours, ref, **TOL)
     for got, want in zip(torch.autograd.grad(ours.sum(), logits), torch.autograd.grad(ref.sum(), logits)):

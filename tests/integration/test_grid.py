@@ -191,7 +191,7 @@ def test_zepad_end_to_end_three_branches_detection_and_white_box_surrogates(tmp_
 
     model = ArtifactStore(tmp_path / "cache").load_meta("defend", [n.key for n in report.plan.nodes.values()
                                                                   if n.stage == "defend" and n.spec.defense == "zepad"][0])
-    assert model["info"]["fusion"] == {"method": "rfdm", "mpae": [0, 1], "bmp": 2, "threshold": 0.1}
+    assert model["fusion"] == {"method": "rfdm", "mpae": [0, 1], "bmp": 2, "threshold": 0.1}
 
 
 def test_a_parallel_run_leaves_the_callers_torch_thread_count_alone(tmp_path):
@@ -205,3 +205,27 @@ def test_a_parallel_run_leaves_the_callers_torch_thread_count_alone(tmp_path):
     grid = parse_grid({**MICRO_GRID, "attacks": [{"name": "uapgd", "params": {"steps": 1}}], "defenses": ["none"]})
     run_grid(grid, cache_dir=tmp_path / "cache", runs_dir=None, progress=False, executor=JoblibExecutor(2))
     assert torch.get_num_threads() == before
+
+
+def test_an_input_transformation_defense_runs_through_a_grid_and_is_stored_as_a_module(tmp_path):
+    """bit_depth wraps the victim (InputTransformed): its artifact holds the spec that
+    rebuilds the wrapper and the victim's weights; its features are the victim's features
+    of the quantised images."""
+    import torch
+
+    from daebench.encoders.models import unpack_branches
+    from daebench.store import ArtifactStore
+
+    grid = parse_grid({**MICRO_GRID, "attacks": [{"name": "embedattack", "params": {"steps": 3}}],
+                       "defenses": ["none", {"name": "bit_depth", "params": {"bits": 3}}]})
+    report = run_grid(grid, tmp_path / "cache", None, progress=False)
+    assert set(report.results.defense) == {"none", "bit_depth"}
+    store = ArtifactStore(tmp_path / "cache")
+    defends = {n.spec.defense: n for n in report.plan.nodes.values() if n.stage == "defend"}
+    art = store.load("defend", defends["bit_depth"].key)
+    assert art.meta["branches"][0]["kind"] == "input_transformed"
+    (model,) = unpack_branches(art.tensors, art.meta)
+    (victim,) = unpack_branches(*(lambda a: (a.tensors, a.meta))(store.load("defend", defends["none"].key)))
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), victim(torch.round(x * 7) / 7))

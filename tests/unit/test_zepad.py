@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from daebench.config import EncoderSpec
-from daebench.defenses.base import DefenseContext
+from daebench.defenses.base import DefenseContext, Fusion
 from daebench.defenses.zepad import ZePAD, rfdm_weight
 
-FUSION = {"method": "rfdm", "mpae": [0, 1], "bmp": 2, "threshold": 0.1}
+FUSION = Fusion(method="rfdm", mpae=[0, 1], bmp=2, threshold=0.1)
 
 
 def test_rfdm_matches_equations_7_and_8():
@@ -29,11 +29,11 @@ def test_confident_branch_dominates_rfdm_and_equal_is_the_mean():
     sure = torch.tensor([[10.0, 0.0, 0.0]])
     unsure = torch.tensor([[0.0, 0.4, 0.0]])
     assert ZePAD.fuse([sure, unsure, unsure], FUSION).argmax(1).item() == 0
-    torch.testing.assert_close(ZePAD.fuse([sure, unsure], {"method": "equal"}), (sure + unsure) / 2)
-    assert ZePAD.fuse([sure, unsure, unsure], {"method": "inverse_entropy"}).argmax(1).item() == 0
+    torch.testing.assert_close(ZePAD.fuse([sure, unsure], Fusion(method="equal")), (sure + unsure) / 2)
+    assert ZePAD.fuse([sure, unsure, unsure], Fusion(method="inverse_entropy")).argmax(1).item() == 0
     # the released confidence.py weights by the entropy itself: the unsure branches dominate
     # (Table S3's "entropy is worst")
-    assert ZePAD.fuse([sure, unsure, unsure], {"method": "entropy"}).argmax(1).item() == 1
+    assert ZePAD.fuse([sure, unsure, unsure], Fusion(method="entropy")).argmax(1).item() == 1
 
 
 def test_detector_flags_when_mpae_is_more_confident_than_bmp_by_the_threshold():
@@ -42,7 +42,7 @@ def test_detector_flags_when_mpae_is_more_confident_than_bmp_by_the_threshold():
     flagged = ZePAD.detect([mpae_a, mpae_b, bmp], FUSION)
     assert flagged.tolist() == [True, False, False]  # 0.8-0.6 > 0.1; 0.0; 0.05
     torch.testing.assert_close(ZePAD.detection_score([mpae_a, mpae_b, bmp], FUSION), torch.tensor([0.2, 0.0, 0.05]))
-    assert ZePAD.detect([mpae_a], {"method": "rfdm", "mpae": [0], "bmp": None}) is None
+    assert ZePAD.detect([mpae_a], Fusion(method="rfdm", mpae=[0], bmp=None)) is None
 
 
 def _byol_partner() -> str:
