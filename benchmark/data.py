@@ -362,11 +362,6 @@ def load_dataset(
     return _load_cached(source, image_size, root_path, bool(download), ())
 
 
-def clear_dataset_cache() -> None:
-    """Drop the memoised datasets (frees memory; lets tests see changed loaders)."""
-    _load_cached.cache_clear()
-
-
 def dataset_fingerprint(source: str, image_size: int = 32, root: str | os.PathLike | None = None) -> dict:
     """JSON-able identity of what `load_dataset` returns, for artifact cache keys.
 

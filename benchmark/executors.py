@@ -116,5 +116,3 @@ def _pin_gpu_plugin():  # pragma: no cover - needs GPUs
 
     return PinGPU()
 
-
-EXECUTORS = {"joblib": JoblibExecutor, "dask": DaskExecutor}

@@ -88,9 +88,6 @@ class DataSpec(SpecPart):
     source: str
     split: str | None = None
 
-    def with_split(self, split: str) -> "DataSpec":
-        return self.model_copy(update={"split": split})
-
 
 class StageSpec(SpecPart):
     """A stage's spec. Subclasses set `stage` and declare their inputs as `Ref` fields;
@@ -194,6 +191,3 @@ class EvaluateSpec(StageSpec):
     clean: Ref
     adv: Ref
 
-
-SPECS: dict[str, type[StageSpec]] = {cls.stage: cls for cls in (PretrainSpec, CheckpointSpec, CraftSpec, DefendSpec,
-                                                                  FeaturesSpec, HeadSpec, EvaluateSpec)}

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -39,14 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from daebench.attacks import ATTACKS  # noqa: E402
-from daebench.data import load_dataset  # noqa: E402
-from daebench.encoders import build_encoder  # noqa: E402
-from daebench.heads import HeadParams, train_head  # noqa: E402
-from daebench.provenance import provenance  # noqa: E402
-from daebench.runtime import batches, seed_everything  # noqa: E402
+from daebench.attacks import ATTACKS
+from daebench.data import load_dataset
+from daebench.encoders import build_encoder
+from daebench.heads import HeadParams, train_head
+from daebench.provenance import provenance
+from daebench.runtime import batches, seed_everything
 
 EPS = 10 / 255
 DEEPFOOL = {"max_iter_df": 50, "num_candidates": 10, "overshoot": 0.02, "target_fooling_rate": 0.8}

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from daebench.config import parse_grid  # noqa: E402
-from daebench.executors import DaskExecutor  # noqa: E402
-from daebench.provenance import provenance  # noqa: E402
-from daebench.results import run_grid  # noqa: E402
+from daebench.config import parse_grid
+from daebench.executors import DaskExecutor
+from daebench.provenance import provenance
+from daebench.results import run_grid
 
 # the micro grid widened so every wave has several independent stages
 GRID = {

@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from daebench.config import parse_grid  # noqa: E402
-from daebench.data import load_dataset  # noqa: E402
-from daebench.encoders import build_encoder  # noqa: E402
-from daebench.heads import HeadParams, head_optimizer, make_head, train_head  # noqa: E402
-from daebench.provenance import provenance  # noqa: E402
-from daebench.results import run_grid  # noqa: E402
-from daebench.runtime import batches, configure_threads, seed_everything  # noqa: E402
-from daebench.stages import encode_images  # noqa: E402
+from daebench.config import parse_grid
+from daebench.data import load_dataset
+from daebench.encoders import build_encoder
+from daebench.heads import HeadParams, head_optimizer, make_head, train_head
+from daebench.provenance import provenance
+from daebench.results import run_grid
+from daebench.runtime import batches, configure_threads, seed_everything
+from daebench.stages import encode_images
 
 GRID = {
     "name": "bench",

@@ -1,7 +1,7 @@
 """Throwaway experiment: DINO tiny with batch norm in the projection head (solo-learn's
 use_bn_in_head), patched in; its own cache dir, since the artifact key does not record it."""
 import sys
-import daebench.encoders.ssl.dino as dino_mod
+import benchmark.encoders.ssl.dino as dino_mod
 from lightly.models.modules import DINOProjectionHead
 
 class BNHead(DINOProjectionHead):
@@ -10,5 +10,5 @@ class BNHead(DINOProjectionHead):
         super().__init__(*args, **kwargs)
 
 dino_mod.DINOProjectionHead = BNHead
-from daebench.cli import main
+from benchmark.cli import main
 sys.exit(main())
