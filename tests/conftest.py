@@ -55,3 +55,12 @@ def micro_run(tmp_path_factory):
     grid = parse_grid(MICRO_GRID)
     report = run_grid(grid, cache_dir=root / "cache", runs_dir=root / "runs", progress=False)
     return root, grid, report
+
+
+def digits_subset(n_train: int, n_test: int, image_size: int = 16):
+    """The first images of the embedded digits, as a small `ImageData` for defenses' tests."""
+    from daebench.data import ImageData, load_dataset
+
+    d = load_dataset("digits", image_size=image_size)
+    return ImageData("digits-small", d.x_train[:n_train], d.y_train[:n_train], d.x_test[:n_test], d.y_test[:n_test],
+                     d.num_classes)

@@ -4,18 +4,15 @@ import pytest
 import torch
 
 from daebench.config import EncoderSpec
-from daebench.data import load_dataset
 from daebench.encoders import build_encoder
 from daebench.defenses import DEFENSES
 from daebench.defenses.base import DefenseContext
+from tests.conftest import digits_subset
 
 
 @pytest.fixture(scope="module")
 def data():
-    d = load_dataset("digits", image_size=16)
-    from daebench.data import ImageData
-
-    return ImageData("digits-small", d.x_train[:128], d.y_train[:128], d.x_test[:64], d.y_test[:64], d.num_classes)
+    return digits_subset(128, 64)
 
 
 def _defend(name, data, seed=0, **overrides):

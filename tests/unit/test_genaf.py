@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from daebench.data import ImageData, load_dataset
+from daebench.data import ImageData
 from daebench.encoders import build_encoder
 from daebench.defenses.base import DefenseContext
 from daebench.defenses.genaf import GenAF
 from daebench.defenses.pgd_at import PGDAT
+from tests.conftest import digits_subset
 
 
 @pytest.fixture(scope="module")
 def digits() -> ImageData:
-    d = load_dataset("digits", image_size=16)
-    return ImageData("d", d.x_train[:200], d.y_train[:200], d.x_test[:40], d.y_test[:40], d.num_classes)
+    return digits_subset(200, 40)
 
 
 def test_validation_is_held_out_of_training_and_only_when_a_rule_selects_on_it(digits):
