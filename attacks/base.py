@@ -37,6 +37,7 @@ from daebench.data import to_float
 from daebench.plugins import Configurable, Params, required
 from daebench.registry import Registry
 from daebench.runtime import batches, seed_everything
+from daebench.training import pgd
 
 ATTACKS: Registry = Registry(
     "attack", entry_point_group="daebench.attacks",
@@ -276,7 +277,8 @@ class Attack(Configurable):
         self, surrogate: torch.nn.Module, x: torch.Tensor, generator: torch.Generator,
         steps: int, step_size: float, random_start: bool = True,
     ) -> torch.Tensor:
-        """Sign-gradient ascent on `loss` (summed over the surrogates) per image, in batches; x_adv kept in [0,1].
+        """Sign-gradient ascent on `loss` (summed over the surrogates) per image, in batches,
+        with the toolkit's `pgd` (x_adv kept in the eps ball and in [0, 1] after every step).
 
         The start is projected into [0, 1] and the eps ball before the first gradient
         unless `project_start` is off (the reference takes its first gradient at the raw start).
@@ -287,17 +289,12 @@ class Attack(Configurable):
         for idx in self.progress_bar(list(batches(len(x), self.params.batch_size)), "batches"):
             xb = x[idx].to(self.device)
             clean = [self.features(m, xb) for m in members]
-            delta = self.start_delta(xb, generator, random_start)
+            start = xb + self.start_delta(xb, generator, random_start)
             if project_start:
-                delta = ((xb + delta).clamp(0, 1) - xb).clamp(-self.eps, self.eps)
-            for _ in range(steps):
-                delta.requires_grad_(True)
-                objective = sum_terms([self.loss(m, xb + delta, xb, c).sum() for m, c in zip(members, clean)])
-                (grad,) = torch.autograd.grad(objective, delta)
-                with torch.no_grad():
-                    delta = delta + step_size * grad.sign()
-                    delta = ((xb + delta).clamp(0, 1) - xb).clamp(-self.eps, self.eps)
-            out[idx] = delta.detach().cpu()
+                start = torch.min(torch.max(start.clamp(0, 1), xb - self.eps), xb + self.eps)
+            x_adv = pgd(lambda z: sum_terms([self.loss(m, z, xb, c).sum() for m, c in zip(members, clean)]), xb,
+                        self.eps, step_size, steps, start=start, clamp_start=False).x_adv
+            out[idx] = (x_adv - xb).cpu()
         return out
 
     def progress_bar(self, items, unit: str):

@@ -16,6 +16,7 @@ class EmbedAttack(PerSamplePGDAttack):
     """Per-sample PGD maximising the embedding MSE to the clean embedding."""
 
     profiles = {"tiny": {"steps": 10}}  # paper: 20 steps of 2/255, random start (the base defaults)
+    version = 2  # 2: the toolkit's PGD (projection onto the ball then [0, 1] on x_adv: the same point up to rounding)
 
     def loss(self, surrogate, x_adv, x, clean_features):
         return (surrogate(x_adv) - clean_features).pow(2).mean(dim=1)

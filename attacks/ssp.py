@@ -79,6 +79,7 @@ class SSPPerSample(PerSamplePGDAttack):
 
     Params = SSPPerSampleParams
     profiles = {"tiny": {"steps": 5}}
+    version = 2  # 2: the toolkit's PGD (the same point up to rounding)
 
     def start_delta(self, xb, generator, random_start):
         if random_start and self.params.start == "gaussian":

@@ -73,3 +73,17 @@ def test_no_code_imports_the_folders_by_their_repository_names():
                  for folder in [*FOLDERS, "tests", "scripts"] for path in (REPO / folder).rglob("*.py")
                  for line, name in _imports(path) if name.split(".")[0] in FOLDERS]
     assert not offenders, offenders
+
+
+def test_the_installed_package_is_daebench_and_nothing_generic(tmp_path):
+    """From outside the repository: `import daebench` (and its plugins) works; the folder
+    names `benchmark`, `attacks`, `defenses` are not importable top-level packages."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, daebench, daebench.attacks, daebench.defenses; "
+            "print([importlib.util.find_spec(n) is None for n in ('benchmark', 'attacks', 'defenses')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[True, True, True]"
