@@ -373,3 +373,17 @@ def test_fusion_matches_confidence_py(method):
     torch.testing.assert_close(ours, ref, **TOL)
     for got, want in zip(torch.autograd.grad(ours.sum(), logits), torch.autograd.grad(ref.sum(), logits)):
         torch.testing.assert_close(got, want, **TOL)
+
+
+def test_bit_depth_is_evademls_reduce_precision():
+    """utils/squeeze.py: bit_depth_py(x, bits) = rint(x * (2**bits - 1)) / (2**bits - 1)."""
+    import numpy as np
+
+    from daebench.encoders.models import BitDepth
+
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64)
+    x[0, 0, 0, :4] = torch.tensor([0.5 / 31, 1.5 / 31, 2.5 / 31, 1.0])  # ties: half to even, as np.rint
+    for bits in (1, 4, 5):
+        npp_int = 2 ** bits - 1
+        ref = np.rint(x.numpy() * npp_int) / npp_int
+        np.testing.assert_allclose(BitDepth(bits)(x).numpy(), ref, rtol=0, atol=1e-12)
