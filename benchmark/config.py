@@ -248,6 +248,14 @@ def dataset_problem(name: str, source: str) -> str | None:
         if not Path(source[4:]).expanduser().is_file():
             return f"dataset '{name}': npz file '{source[4:]}' does not exist (relative paths are read from {Path.cwd()})"
         return None
+    if source.startswith("imagefolder:"):
+        from daebench.imagefolder import tree_root
+
+        try:
+            tree_root(source)
+        except DAEBenchError as err:
+            return f"dataset '{name}': {err}"
+        return None
     try:
         DATASETS.check(source)
     except DAEBenchError as err:

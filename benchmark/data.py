@@ -13,6 +13,8 @@ Sources:
     `load_dataset` resizes.
   * `npz:<path>`: a `.npz` with x_train (N,H,W,3) uint8, y_train, x_test, y_test
     (the format of ../shared/data), so any data works offline.
+  * `imagefolder:<path>`: any ImageFolder tree `<path>/{train,test}/<class>/<image>`,
+    decoded once into a cache under the data root (`daebench.imagefolder`).
 
 Results are memoised in-process; the returned tensors are shared between callers
 and MUST NOT be modified in place (clone first).
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from daebench import imagefolder
 from daebench.errors import ConfigError, DataUnavailableError
 from daebench.registry import Registry
 
@@ -330,14 +333,34 @@ def _check_size(image_size: int) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(source: str, image_size: int, root: Path, download: bool, stamp: tuple) -> ImageData:
-    # `stamp` (size, mtime) of an npz file is only part of the key: an edited file reloads.
+    # `stamp` (an npz file's size and mtime, a tree's listing) is only part of the key: an edited source reloads.
     if source.startswith(NPZ_PREFIX):
         data = _load_npz(Path(source[len(NPZ_PREFIX) :]))
+    elif source.startswith(imagefolder.PREFIX):
+        data = _load_tree(source, root)
     else:
         data = DATASETS.get(source)(root, download)
     x_train, x_test = _resize(data.x_train, image_size), _resize(data.x_test, image_size)
-    name = data.name if source.startswith(NPZ_PREFIX) else source
+    name = source if source in DATASETS else data.name
     return replace(data, name=name, x_train=x_train, x_test=x_test)
+
+
+def _load_tree(source: str, cache_root: Path) -> ImageData:
+    arrays, classes, _ = imagefolder.load_tree(source, cache_root)
+    return ImageData(imagefolder.tree_root(source).name, _nhwc(arrays["x_train"]), _labels(arrays["y_train"]),
+                     _nhwc(arrays["x_test"]), _labels(arrays["y_test"]), len(classes))
+
+
+@functools.lru_cache(maxsize=8)
+def _tree_fingerprint(source: str, cache_root: Path, stamp: str) -> str:
+    """The tree's content digest (decoding it once, into the cache, if needed)."""
+    arrays, _, _ = imagefolder.load_tree(source, cache_root)
+    return imagefolder.content_sha256(arrays)
+
+
+def _tree_stamp(source: str) -> str:
+    root = imagefolder.tree_root(source)
+    return hashlib.sha256(repr(imagefolder.listing(root)).encode()).hexdigest()
 
 
 def load_dataset(
@@ -357,8 +380,11 @@ def load_dataset(
         st = path.stat()
         # root and download mean nothing for a file: left out of the key.
         return _load_cached(f"{NPZ_PREFIX}{path}", image_size, Path(), False, (st.st_size, st.st_mtime_ns))
-    DATASETS.get(source)  # unknown names: did-you-mean error before any caching
     root_path = (Path(root).expanduser() if root is not None else default_data_root()).resolve()
+    if source.startswith(imagefolder.PREFIX):  # the data root holds the decoded-tree cache
+        tree = f"{imagefolder.PREFIX}{imagefolder.tree_root(source)}"
+        return _load_cached(tree, image_size, root_path, False, (_tree_stamp(tree),))
+    DATASETS.get(source)  # unknown names: did-you-mean error before any caching
     return _load_cached(source, image_size, root_path, bool(download), ())
 
 
@@ -379,5 +405,10 @@ def dataset_fingerprint(source: str, image_size: int = 32, root: str | os.PathLi
             "sha256": _sha256(str(path), st.st_size, st.st_mtime_ns),
             "version": DATA_VERSION,
         }
+    if source.startswith(imagefolder.PREFIX):
+        tree = f"{imagefolder.PREFIX}{imagefolder.tree_root(source)}"
+        root_path = (Path(root).expanduser() if root is not None else default_data_root()).resolve()
+        return {"source": f"{imagefolder.PREFIX}{Path(tree[len(imagefolder.PREFIX):]).name}", "image_size": image_size,
+                "sha256": _tree_fingerprint(tree, root_path, _tree_stamp(tree)), "version": DATA_VERSION}
     DATASETS.check(source)
     return {"source": source, "image_size": image_size, "version": DATA_VERSION}

@@ -16,7 +16,7 @@ FOLDERS = {"benchmark": "daebench", "attacks": "daebench.attacks", "defenses": "
 LAYERS = [
     ("core", ["daebench.errors", "daebench.registry", "daebench.compat", "daebench.runtime", "daebench.paths",
               "daebench.store", "daebench.data", "daebench.plugins", "daebench.training", "daebench.heads",
-              "daebench.metrics", "daebench.provenance", "daebench.encoders"]),
+              "daebench.metrics", "daebench.provenance", "daebench.encoders", "daebench.imagefolder"]),
     ("plugins", ["daebench.attacks", "daebench.defenses"]),
     ("plan and stages", ["daebench.config", "daebench.specs", "daebench.plan", "daebench.stages", "daebench.executors"]),
     ("run", ["daebench.run"]),
