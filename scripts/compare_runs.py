@@ -4,8 +4,8 @@
         --labels "before (v2)" "after" > summary.md
 
 For each D_d: one row per defense and run with BA and its Wilson interval, RA (ASR) per
-attack, the mean RA over the real attacks (the `noise` control shown, never averaged
-in), and the detector's accuracy and AUROC where the defense has one.
+attack, the mean RA over the real attacks every run has (the `noise` control shown,
+never averaged in), and the detector's accuracy and AUROC where the defense has one.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ def interval(row: pd.Series, metric: str) -> str:
 
 def table(runs: dict[str, pd.DataFrame], d_d: str) -> str:
     attacks = list(dict.fromkeys(a for df in runs.values() for a in df[df.D_d == d_d].attack))
-    real = [a for a in attacks if a not in CONTROLS]
+    shared = set.intersection(*(set(df[df.D_d == d_d].attack) for df in runs.values()))
+    real = [a for a in attacks if a not in CONTROLS and a in shared]  # the mean compares like with like
     n = int(next(iter(runs.values())).query("D_d == @d_d").n.iloc[0])
-    lines = [f"D_d = {d_d} (n = {n}): BA [95% CI] | RA per attack (ASR) | mean RA over {len(real)} attacks",
+    lines = [f"D_d = {d_d} (n = {n}): BA [95% CI] | RA per attack (ASR) | mean RA over the {len(real)} attacks "
+             f"every run has ({', '.join(real)})",
              "", "| defense | run | BA | " + " | ".join(attacks) + " | mean RA | detection acc / AUROC |",
              "|---" * (len(attacks) + 5) + "|"]
     defenses = list(dict.fromkeys(d for df in runs.values() for d in df[df.D_d == d_d].defense))

@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--head-lr", type=float, default=5e-3)
     ap.add_argument("--gr-reduction", choices=["sum", "mean"], default="sum")
     ap.add_argument("--warm-head", action="store_true", help="start from a head trained on the frozen clean features")
+    ap.add_argument("--head-hidden", type=int, default=None, help="the D_f head's hidden width (default: the feature dimension)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="GenAF parameter (YAML value)")
     args = ap.parse_args()
 
@@ -50,12 +51,12 @@ def main() -> None:
         param.requires_grad_(True)
     data = load_dataset(args.dataset, image_size=32)
     generator = seed_everything(0)
-    head = make_head(encoder.feature_dim, data.num_classes)
+    head = make_head(encoder.feature_dim, data.num_classes, HeadParams(hidden=args.head_hidden))
     if args.warm_head:
         with torch.no_grad():
             encoder.eval()
             feats = torch.cat([encoder(data.x_train[i].float().div(255)) for i in batches(len(data.x_train), 512)])
-        head = train_head(feats, data.y_train, data.num_classes, HeadParams(), seed=0)
+        head = train_head(feats, data.y_train, data.num_classes, HeadParams(hidden=args.head_hidden), seed=0)
         generator = seed_everything(0)
     enc_opt = torch.optim.Adam(encoder.parameters(), lr=p.encoder_lr, weight_decay=p.weight_decay)
     head_opt, _ = head_optimizer(head, HeadParams(lr=p.head_lr, weight_decay=p.weight_decay, lr_decay=p.lr_decay))
