@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from daebench.plugins import Work
 from daebench.attacks.base import Attack, UniversalParams, register_attack, sum_terms
 from daebench.runtime import batches
 
@@ -124,6 +125,13 @@ class AdvEncoder(Attack):
     Params = AdvEncoderParams
     profiles = {"tiny": {"widths": (64, 32, 16, 8), "epochs": 2}}
     universal = True
+
+    @classmethod
+    def work(cls, params: dict[str, Any], images: int) -> Work:
+        """Per image and epoch: the surrogate's forward + backward on the perturbed batch
+        (into the generator) and its forward on the clean one."""
+        p = cls.Params.model_validate(params)
+        return Work(train=images * p.epochs, forward=images * p.epochs)
 
     def build_generator(self, image_size: int, generator: torch.Generator | None = None) -> AdvEncoderGenerator:
         p = self.params

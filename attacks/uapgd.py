@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from daebench.plugins import Work
 from daebench.attacks.base import Attack, SurrogateClassifierParams, member_logits, register_attack, sum_terms
 from daebench.runtime import batches
 
@@ -89,6 +90,11 @@ class UAPGD(Attack):
     # 4: variant reference (PAP's uapepgd.py) by default, max_images; 3: CE on the
     # surrogate classifier by default (now variant batched); 2: random start (embedding)
     version = 4
+
+    @classmethod
+    def work(cls, params: dict[str, Any], images: int) -> Work:
+        """The epochs x steps updates, and the features the surrogate classifier learns from."""
+        return super().work(params, images) + Work(forward=images)
 
     def loss(self, surrogate, x_adv, x, clean_features):
         return (surrogate(x_adv) - clean_features).pow(2).mean(dim=1)

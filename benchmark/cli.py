@@ -79,9 +79,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.scheduler:
             raise DAEBenchError("--scheduler needs --executor dask.")
         executor = JoblibExecutor(args.workers)
+    estimate = None
+    if not args.no_estimate:
+        from daebench.estimate import estimate_grid
+
+        estimate = estimate_grid(grid, cache_dir=args.cache_dir)
+        print(estimate.describe(workers=args.workers, top=3), flush=True)
     try:
         report = run_grid(grid, cache_dir=args.cache_dir, runs_dir=args.runs_dir, executor=executor,
-                          progress=not args.no_progress, raise_on_failure=False, recompute=args.recompute)
+                          progress=not args.no_progress, raise_on_failure=False, recompute=args.recompute,
+                          estimate=estimate.record() if estimate else None)
     finally:
         if hasattr(executor, "close"):
             executor.close()
@@ -104,12 +111,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in kinds:
         reg = registries[kind]
         print(f"{kind}:")
+        width = max((len(n) for n in reg.names()), default=0) + 2
         for name in reg.names():
             obj = reg.get(name)
             doc = (obj.__doc__ or "").strip().splitlines()
             profiles = getattr(obj, "profile_names", None)
             extra = f"  [profiles: {', '.join(profiles())}]" if profiles else ""
-            print(f"  {name:<14}{doc[0] if doc else ''}{extra}")
+            print(f"  {name:<{width}}{doc[0] if doc else ''}{extra}")
     return 0
 
 
@@ -122,6 +130,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cells = len(plan.cells) if plan else grid.cell_count()
     print(f"{args.config}: valid grid '{grid.name}' with {cells} cells"
           + (f" and {len(plan.nodes)} unique stages" if plan else ""))
+    if plan:
+        from collections import Counter
+
+        from daebench.stages import STAGES
+
+        counts = Counter(node.stage for node in plan.nodes.values())
+        print("stages: " + ", ".join(f"{stage} {counts[stage]}" for stage in STAGES if counts[stage]))
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from daebench.config import load_grid
+    from daebench.estimate import estimate_grid
+
+    grid = load_grid(args.config)
+    if args.gpus < 1:
+        raise DAEBenchError(f"--gpus {args.gpus}: the number of devices the grid is spread over must be at least 1.")
+    estimate = estimate_grid(grid, device=args.device, calibration=args.calibration, cache_dir=args.cache_dir,
+                             skip_cached=not args.ignore_cache)
+    print(estimate.describe(workers=args.gpus, top=args.top))
+    if args.gpus > 1:
+        print(f"(spread over {args.gpus} devices: the total divided evenly, a lower bound -- stages wait for their inputs)")
     return 0
 
 
@@ -214,9 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="artifact store (default %(default)s)")
     run.add_argument("--runs-dir", default=str(DEFAULT_RUNS), help="where results tables go (default %(default)s)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-estimate", action="store_true", help="skip the cost estimate printed before the run")
     run.add_argument("--recompute", action="append", default=[], metavar="NAME",
                      help="compute this plugin's artifacts (and all that depends on them) anew, even if cached; repeatable")
     run.set_defaults(fn=cmd_run)
+
+    est = sub.add_parser("estimate", help="the predicted wall time of a grid, before running it")
+    est.add_argument("config", nargs="?", default="quick", help="bundled grid name or a YAML path")
+    est.add_argument("--device", help="device to calibrate on now (default: the grid's)")
+    est.add_argument("--gpus", type=int, default=1, help="devices the grid is spread over (divides the total)")
+    est.add_argument("--calibration", help="a saved calibration (JSON) of another device, e.g. a GPU's")
+    est.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="artifact store: cached artifacts cost nothing, "
+                                                                     "and the device's calibration is kept there")
+    est.add_argument("--ignore-cache", action="store_true", help="estimate the whole grid, as on an empty store")
+    est.add_argument("--top", type=int, default=10, help="how many of the most expensive stages to list")
+    est.set_defaults(fn=cmd_estimate)
 
     enc = sub.add_parser("encoders", help="pre-train an SSL encoder, or list the cached ones")
     enc_sub = enc.add_subparsers(dest="encoders_command", required=True)

@@ -98,6 +98,9 @@ class GridSpec(_Strict):
     defenses: list[PluginSpec] = Field(min_length=1)
     fine_tune_data: list[str] = Field(min_length=1)
     downstream: list[str] = Field(min_length=1)
+    pairing: Literal["all", "same", "different"] = Field(
+        "all", description="which (D_f, D_d) pairs run: all of fine_tune_data x downstream, only D_f = D_d (the "
+                           "paper's Tables 1-2, 6), or only D_f != D_d (Tables 3-4)")
     heads: HeadParams = Field(default_factory=HeadParams)
     heads_by_dataset: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-D_d overrides of `heads` (the reference trains ImageNet20 heads 50 epochs)")
@@ -138,6 +141,9 @@ class GridSpec(_Strict):
             dupes = sorted({n for n in labels if labels.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind}s appear twice: {dupes}; give each a distinct `label:`")
+        if not self.data_pairs():
+            raise ValueError(f"pairing '{self.pairing}' leaves no (D_f, D_d) pair: fine_tune_data "
+                             f"{self.fine_tune_data}, downstream {self.downstream}")
         for name, override in self.heads_by_dataset.items():
             if name not in self.downstream:
                 raise ValueError(f"heads_by_dataset names '{name}', which is not a downstream dataset of this grid "
@@ -161,10 +167,14 @@ class GridSpec(_Strict):
         names += [e.dataset for e in self.encoders + self.surrogates if e.dataset]
         return list(dict.fromkeys(names))
 
+    def data_pairs(self) -> list[tuple[str, str]]:
+        """The (D_f, D_d) pairs the grid runs, in fine_tune_data x downstream order."""
+        keep = {"all": lambda f, d: True, "same": lambda f, d: f == d, "different": lambda f, d: f != d}[self.pairing]
+        return [(f, d) for f in self.fine_tune_data for d in self.downstream if keep(f, d)]
+
     def cell_count(self) -> int:
         """Rows the grid's results table will have (what the planner expands: every scenario too)."""
-        sizes = (self.encoders, self.attacks, self.defenses, self.fine_tune_data, self.downstream, self.eps,
-                 self.seeds, self.scenarios)
+        sizes = (self.encoders, self.attacks, self.defenses, self.data_pairs(), self.eps, self.seeds, self.scenarios)
         count = 1
         for axis in sizes:
             count *= len(axis)

@@ -258,9 +258,12 @@ class _Planner:
         for enc, seed in product(g.encoders, g.seeds):
             victim = self.encoder(enc, seed)
             for defense, d_f in product(g.defenses, g.fine_tune_data):
+                downstream = [d for f, d in g.data_pairs() if f == d_f]
+                if not downstream:  # `pairing` leaves this D_f no D_d: nothing to defend for
+                    continue
                 aux, public_aux = self.auxiliaries(defense, enc, d_f, seed)
                 model = self.defend(defense, victim, aux, d_f, seed)
-                for d_d in g.downstream:
+                for d_d in downstream:
                     train = self.features(model, d_d, "train")
                     head_params = g.heads_for(d_d).model_dump()
                     head = self.plan.add(HeadSpec(params=head_params, seed=seed, features=train),
@@ -291,4 +294,7 @@ def plan_grid(grid: GridSpec) -> Plan:
 def grid_hash(grid: GridSpec) -> str:
     import hashlib
 
-    return hashlib.sha256(canonical_json(grid.model_dump(mode="json")).encode()).hexdigest()[:12]
+    dump = grid.model_dump(mode="json")
+    if dump.get("pairing") == "all":  # the default leaves the hash of grids written before the field unchanged
+        del dump["pairing"]
+    return hashlib.sha256(canonical_json(dump).encode()).hexdigest()[:12]

@@ -9,6 +9,7 @@ that goes into the artifact key, so two specs that mean the same thing hash the 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
@@ -28,6 +29,26 @@ def required(method: F) -> F:
     return method
 
 
+@dataclass(frozen=True)
+class Work:
+    """A stage's cost in encoder passes: images through a forward + backward (`train`) and
+    through a forward alone (`forward`); `daebench estimate` times them per device."""
+
+    train: float = 0.0
+    forward: float = 0.0
+
+    def __add__(self, other: "Work") -> "Work":
+        return Work(self.train + other.train, self.forward + other.forward)
+
+    def __mul__(self, factor: float) -> "Work":
+        return Work(self.train * factor, self.forward * factor)
+
+    __rmul__ = __mul__
+
+    def __bool__(self) -> bool:
+        return bool(self.train or self.forward)
+
+
 class Params(BaseModel):
     """A plugin's hyper-parameters. `omitted_when` (merged along the class hierarchy) names
     options left out of the dump -- and so of artifact keys -- while they hold the given
@@ -40,11 +61,19 @@ class Params(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_options_at_their_old_value(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
+        fields = type(self).model_fields
         for cls in type(self).__mro__:
             for name, value in vars(cls).get("omitted_when", {}).items():
-                if name in data and data[name] == value:
+                # only where this class's default is that value too: the dump must rebuild the same params
+                if name in data and data[name] == value and name in fields and fields[name].default == value:
                     del data[name]
         return data
+
+
+def capped(params: Params, images: int) -> int:
+    """The images a plugin trains on: `max_samples` / `max_images` caps them when set."""
+    cap = getattr(params, "max_samples", None) or getattr(params, "max_images", None)
+    return min(images, cap) if cap else images
 
 
 class Configurable:
@@ -74,6 +103,17 @@ class Configurable:
     def missing_methods(cls) -> list[str]:
         """The `required` methods this class still leaves to its base class's stub."""
         return sorted(name for name in dir(cls) if getattr(getattr(cls, name, None), "__daebench_required__", False))
+
+    @classmethod
+    def work(cls, params: dict[str, Any], images: int) -> Work:
+        """Encoder passes of one run of the plugin over `images` images, from its resolved
+        parameters: the cost model of `daebench estimate`. Default: `epochs` x `steps`
+        forward + backward passes over at most `max_samples` (or `max_images`) images;
+        nothing for a profile-free plugin. Override where the algorithm costs otherwise."""
+        if cls.profile_free:
+            return Work()
+        p = cls.Params.model_validate(params)
+        return Work(train=capped(p, images) * getattr(p, "epochs", 1) * getattr(p, "steps", 1))
 
     @classmethod
     def profile_names(cls) -> list[str]:

@@ -39,11 +39,13 @@ PROVENANCE = ("grid_hash", "git_commit", "daebench", "torch", "device", "torch_t
 def run_grid(
     grid: GridSpec, cache_dir: str | os.PathLike | None = None, runs_dir: str | os.PathLike | None = "default",
     executor: Executor | None = None, progress: bool = True, raise_on_failure: bool = True, recompute: Iterable[str] = (),
+    estimate: dict[str, Any] | None = None,
 ) -> RunReport:
     """Run a grid (`daebench.run.run_plan`), collect its results table and write its
     record under `runs_dir/<grid name>/` (None: no record); `recompute` as in `run_plan`. Raises `StageFailedError`
     after keeping every computed artifact when a stage failed, unless told not to."""
     report = run_plan(grid, cache_dir, executor, progress, recompute)
+    report.estimate = estimate
     report.results = collect_results(report.plan, ArtifactStore(report.cache_dir), grid_hash(grid))
     if runs_dir is not None:
         report.run_dir = write_run(report, default_runs() if runs_dir == "default" else Path(runs_dir))
@@ -92,6 +94,7 @@ def write_run(report: RunReport, runs_dir: Path) -> Path:
         "cache_dir": str(Path(report.cache_dir).resolve()) if report.cache_dir else None,
         "wall_seconds": round(report.wall_seconds, 2), "cached": dict(report.hits), "computed": dict(report.computed),
         "stage_seconds": {k: round(v, 2) for k, v in report.seconds.items()},
+        "estimate": report.estimate,  # `daebench estimate` before the run, beside the actual seconds above
         "failures": [{"stage": f.label, "error": f.error} for f in report.failures],
         "corrupted": report.corrupted,
     }

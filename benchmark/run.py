@@ -133,6 +133,7 @@ class RunReport:
     corrupted: list[str] = field(default_factory=list)  # cached artifacts that failed their checksum
     changed_plugins: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> the warning
     wall_seconds: float = 0.0
+    estimate: dict[str, Any] | None = None  # what `daebench estimate` predicted (run.json keeps it)
     run_dir: Path | None = None
     cache_dir: Path | None = None
 

@@ -106,7 +106,8 @@ def local_root(root: str | os.PathLike) -> Path:
 # The store's own folders beside the stage folders; every path into them is built by a
 # method below, so listings (`complete`) and writers agree on what is not an artifact.
 TMP_DIR, LOCKS_DIR, QUARANTINE_DIR, PARTIAL_DIR = ".tmp", "locks", "quarantine", "partial"
-_BOOKKEEPING = frozenset({TMP_DIR, LOCKS_DIR, QUARANTINE_DIR, PARTIAL_DIR})
+CALIBRATION_DIR = "calibration"  # `daebench estimate`'s device timings
+_BOOKKEEPING = frozenset({TMP_DIR, LOCKS_DIR, QUARANTINE_DIR, PARTIAL_DIR, CALIBRATION_DIR})
 
 
 class ArtifactStore:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from daebench.data import ImageData, to_float
 from daebench.encoders.backbones import Encoder
 from daebench.heads import HeadParams, head_optimizer, make_head
-from daebench.plugins import Configurable, Params, required
+from daebench.plugins import Configurable, Params, Work, capped, required
 from daebench.registry import Registry
 from daebench.runtime import batches, seed_everything
 from daebench.training import EpochCheckpoint, PGDResult, pgd, restore_rng, rng_state
@@ -274,10 +274,27 @@ class AdversarialFineTuningParams(SpeedSwitches):
     selection_eps: float = Field(8 / 255, gt=0, le=1, description="FGSM budget of the selection metric (the released ZePAD loop's)")
 
 
+def stage_one_selection(p: AdversarialFineTuningParams, images: int) -> Work:
+    """The epoch-selection check's passes: an FGSM and a forward over the held-out part, every epoch."""
+    if p.selection == "last":
+        return Work()
+    held_out = capped(p, images) * p.validation_fraction if p.selection == "validation" else capped(p, images) * 0.2
+    return Work(train=held_out * p.epochs, forward=held_out * p.epochs)
+
+
 class AdversarialFineTuning(Defense):
     """Fine-tune encoder + a D_f head on an adversarial objective; keep the encoder."""
 
     Params: ClassVar[type[AdversarialFineTuningParams]] = AdversarialFineTuningParams
+
+    @classmethod
+    def work(cls, params: dict[str, Any], images: int) -> Work:
+        """Per image and epoch: the PGD's `steps` forward + backward passes, then the
+        training step's adversarial and clean ones; plus the per-epoch selection check
+        (an FGSM on the validation part)."""
+        p = cls.Params.model_validate(params)
+        seen = capped(p, images) * p.epochs
+        return Work(train=seen * (p.steps + 2)) + stage_one_selection(p, images)
 
     @required
     def loss(self, encoder: Encoder, head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from daebench.data import ImageData, to_float
+from daebench.plugins import Work, capped
 from daebench.encoders.backbones import Encoder
 from daebench.runtime import batches, seed_everything
 from daebench.training import pgd, restore_rng, rng_state, warmup_cosine_lr
@@ -84,6 +85,14 @@ class DeACL(Defense):
     """DeACL stage 2: distil the victim into an adversarially robust student, without labels."""
 
     Params = DeACLParams
+
+    @classmethod
+    def work(cls, params: dict[str, Any], images: int) -> Work:
+        """Per image and epoch: the PGD's steps, the joint clean + adversarial training
+        forward + backward, and the frozen teacher's forward."""
+        p = cls.Params.model_validate(params)
+        seen = capped(p, images) * p.epochs
+        return Work(train=seen * (p.steps + 2), forward=seen)
     version = 2  # 2: joint BatchNorm forward, per-epoch lr from 0.003, unclamped start, drop_last (the reference)
     profiles = {"tiny": {"epochs": 2, "batch_size": 128, "lr": 0.05, "warmup_epochs": 0, "steps": 3,
                          "step_size": 3 / 255}}

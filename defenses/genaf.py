@@ -19,13 +19,14 @@ where a default differs: docs/FIDELITY.md#gen-af.
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from daebench.plugins import Work, capped
 from daebench.data import ImageData, to_float
 from daebench.encoders.backbones import Encoder
 from daebench.runtime import batches
@@ -150,6 +151,18 @@ class GenAF(AdversarialFineTuning):
     """Gen-AF: adversarial fine-tuning with genetic regularisation, then fine-tuning of the least sensitive layers."""
 
     Params = GenAFParams
+
+    @classmethod
+    def work(cls, params: dict[str, Any], images: int) -> Work:
+        """Stage 1 as the shared loop; stage 2: PGD on the probe set, the layer
+        sensitivities (a forward + backward of the probe per epoch) and the partial
+        fine-tuning epochs."""
+        p = cls.Params.model_validate(params)
+        work = super().work(params, images)
+        if p.stage2:
+            probe = min(p.probe_samples, images)
+            work += Work(train=probe * (p.probe_steps + p.probe_epochs) + capped(p, images) * p.stage2_epochs)
+        return work
     version = 3  # 3: the released GR, loop variants, stage 2 as released, validation selection
     profiles = {"tiny": {"epochs": 2, "steps": 3, "step_size": 0.014, "probe_samples": 128, "probe_steps": 3,
                          "probe_epochs": 2, "stage2_epochs": 2}}

@@ -30,6 +30,7 @@ from pydantic import Field, ValidationError
 from daebench.data import ImageData
 from daebench.encoders.backbones import Encoder
 from daebench.errors import ConfigError
+from daebench.plugins import Work
 from daebench.defenses.base import AuxiliaryEncoder, DefendedModel, Defense, Fusion, register_defense
 from daebench.defenses.genaf import GenAF, GenAFParams
 from daebench.training import PGDResult
@@ -110,6 +111,17 @@ class ZePAD(Defense):
     version = 3  # 3: Gen-AF version 3's stage 1, released auxiliary sources, entropy as released, validation selection
     profiles = {"tiny": {"epochs": 2, "steps": 3, "step_size": 0.014,
                          "generator_params": {"widths": (64, 32, 16, 8), "epochs": 2}}}
+
+    @classmethod
+    def work(cls, params: dict[str, Any], images: int) -> Work:
+        """Gen-AF's stage 1 on each MPAE encoder (the victim and its partners); the
+        partners' and the BMP encoder's pre-training are stages of their own."""
+        p = cls.Params.model_validate(params)
+        if not p.adversarial_fine_tuning:
+            return Work()
+        stage_one = GenAFParams(**{k: v for k, v in dict(p).items() if k in GenAFParams.model_fields})
+        encoders = 1 + (cls.partner_count(p) if p.mpae_branch else 0)
+        return GenAF.work(dict(stage_one), images) * encoders
 
     @classmethod
     def partner_methods(cls, params: ZePADParams, victim_method: str | None) -> list[str]:

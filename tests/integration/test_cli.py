@@ -27,6 +27,9 @@ def test_list(capsys):
 def test_validate_bundled(capsys):
     code, out, _ = _run(capsys, "validate", "quick", "--plan")
     assert code == 0 and "valid grid 'quick'" in out and "unique stages" in out
+    stages = dict(part.rsplit(" ", 1) for part in out.split("stages: ")[1].strip().split(", "))
+    assert list(stages) == ["pretrain", "craft", "defend", "features", "head", "evaluate"]
+    assert sum(map(int, stages.values())) == int(out.split(" unique stages")[0].rsplit(" ", 1)[1])
 
 
 @pytest.mark.parametrize("override, expected", [

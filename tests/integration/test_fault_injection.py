@@ -37,7 +37,7 @@ def test_random_sigkills_then_resume_equal_an_uninterrupted_run(micro_run, tmp_p
         target = rng.randint(1, nodes - 1)  # kill after this many artifacts landed, plus a random delay
         jitter = rng.uniform(0, 0.02)  # shorter than most stages: the last nodes land within milliseconds
         proc = subprocess.Popen([sys.executable, "-m", "daebench.cli", "run", str(config), "--cache-dir", str(cache),
-                                 "--runs-dir", str(tmp_path / "runs"), "--no-progress"], cwd=REPO,
+                                 "--runs-dir", str(tmp_path / "runs"), "--no-progress", "--no-estimate"], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 300
         while time.time() < deadline and len(_complete(cache)) < target and proc.poll() is None:

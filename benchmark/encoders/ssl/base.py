@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from daebench.compat import import_torchvision
 from daebench.encoders.backbones import Encoder
 from daebench.encoders.ssl.augment import AugmentParams, augment
-from daebench.plugins import Configurable, Params, required
+from daebench.plugins import Configurable, Params, Work, capped, required
 from daebench.registry import Registry
 from daebench.training import warmup_cosine_lr
 from daebench.runtime import batches, seed_everything
@@ -93,6 +93,15 @@ def tiny(**overrides: Any) -> dict[str, Any]:
 class SSLMethod(nn.Module, Configurable):
     Params: ClassVar[type[SSLParams]] = SSLParams
     uses_labels: ClassVar[bool] = False  # supervised (SupCon): training_loss gets labels=
+
+    @classmethod
+    def work(cls, params: dict[str, Any], images: int) -> Work:
+        """Two views per image and epoch through the encoder (multi-crop's small views
+        counted by area at a 32 px image); momentum-teacher methods add their forwards."""
+        p = cls.Params.model_validate(params)
+        seen = capped(p, images) * p.epochs
+        views = 2 + p.local_crops * (p.local_crop_size / 32) ** 2
+        return Work(train=seen * views, forward=seen * 2 if "base_tau" in type(p).model_fields else 0.0)
 
     def __init__(self, encoder: Encoder, params: SSLParams) -> None:
         super().__init__()
