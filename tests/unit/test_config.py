@@ -32,6 +32,8 @@ def test_bundled_grids_validate(name, monkeypatch, tmp_path):
 
         shared_file("cifar10-subset.npz")
         shared_file("gtsrb-subset.npz")
+        if name == "ci-full":
+            shared_file("cifar10-jpeg")
     grid = load_grid(name)
     assert grid.name == name
 
