@@ -45,19 +45,17 @@ class Calibration:
 
     def seconds(self, config: dict[str, Any], work: Work) -> float:
         key = config_key(config)
-        if key not in self.configs:  # not measured: scale the measured ones by FLOPs
-            self.configs[key] = self._scaled(config)
-        per = self.configs[key]
+        per = self.configs.get(key) or self._scaled(config)  # not measured: the measured ones scaled by FLOPs
         return work.train * per["train"] + work.forward * per["forward"]
 
     def _scaled(self, config: dict[str, Any]) -> dict[str, float]:
-        if not self.configs:
+        measured = [k for k in self.configs if k in self.flops]
+        if not measured:
             raise ConfigError(f"the calibration of {self.device} has no encoder configuration: run `daebench "
                               f"estimate GRID` on that device, which measures the grid's and keeps them in the store")
-        flops = self.flops.setdefault(config_key(config), forward_flops(config))
-        per_flop = {kind: sum(c[kind] / self.flops[k] for k, c in self.configs.items() if k in self.flops) / len(self.configs)
-                    for kind in ("train", "forward")}
-        return {kind: flops * rate for kind, rate in per_flop.items()}
+        flops = _flops_of(config_key(config), tuple(sorted(config.items())))
+        return {kind: flops * sum(self.configs[k][kind] / self.flops[k] for k in measured) / len(measured)
+                for kind in ("train", "forward")}
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps({"version": CALIBRATION_VERSION, "device": self.device, "configs": self.configs,
@@ -83,6 +81,11 @@ def _build(config: dict[str, Any]):
     from daebench.encoders.backbones import build_encoder
 
     return build_encoder(config["arch"], config["width"], config["conv1_padding"])
+
+
+@functools.lru_cache(maxsize=64)
+def _flops_of(key: str, config_items: Any) -> float:
+    return forward_flops(dict(config_items))
 
 
 def forward_flops(config: dict[str, Any]) -> float:
