@@ -63,9 +63,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.workers < 1 or args.workers_per_gpu < 1:
+        bad = f"--workers {args.workers}" if args.workers < 1 else f"--workers-per-gpu {args.workers_per_gpu}"
+        raise DAEBenchError(f"{bad}: the number of stages run in parallel must be a whole number of at least 1 "
+                            f"(1, the default, runs every stage in this process with every core).")
     grid = load_grid(args.config)
     if args.device:
         grid = grid.model_copy(update={"device": args.device})
+    from daebench.run import check_device
+
+    check_device(grid.device)
     if args.executor == "dask":
         from daebench.executors import DaskExecutor
 
@@ -74,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             import torch
 
             gpus = torch.cuda.device_count()  # locally: one worker per visible GPU
-        executor = DaskExecutor(args.scheduler, workers=args.workers if args.workers > 1 else 2, gpus=gpus)
+        executor = DaskExecutor(args.scheduler, workers=args.workers if args.workers > 1 else 2, gpus=gpus,
+                                workers_per_gpu=args.workers_per_gpu)
     else:
         if args.scheduler:
             raise DAEBenchError("--scheduler needs --executor dask.")
@@ -155,6 +163,25 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from daebench.probe import ProbeSettings, check_settings, run_probe
+
+    settings = ProbeSettings()
+    changes = {}
+    for f in fields(ProbeSettings):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            changes[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    settings = ProbeSettings(**{**settings.__dict__, **changes})
+    check_settings(settings)
+    out = Path(args.out)
+    report = run_probe(settings, out)
+    print(f"probe: {out} written ({sum(report.seconds.values()):.0f} s)")
+    return 0
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from daebench.results import format_results, load_run
 
@@ -232,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     DEFAULT_CACHE, DEFAULT_RUNS = default_cache(), default_runs()
 
     parser = argparse.ArgumentParser(prog="daebench", description="Downstream-agnostic adversarial examples vs. defenses of SSL encoders.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a grid (default: the embedded quick grid)")
@@ -239,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="stages run in parallel (joblib processes; dask: local workers)")
     run.add_argument("--executor", choices=["joblib", "dask"], default="joblib",
                      help="joblib (this machine) or dask (a LocalCluster, or --scheduler)")
+    run.add_argument("--workers-per-gpu", type=int, default=1, metavar="K",
+                     help="dask on local GPUs: K workers share each GPU (small stages leave a large GPU idle)")
     run.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://10.0.0.5:8786")
     run.add_argument("--device", help="override the grid's device (auto, cpu, cuda, cuda:1)")
     run.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="artifact store (default %(default)s)")
@@ -315,19 +345,81 @@ def build_parser() -> argparse.ArgumentParser:
     lead.add_argument("--runs-dir", default=str(DEFAULT_RUNS))
     lead.add_argument("--check", action="store_true", help="exit 1 if the file is stale; write nothing")
     lead.set_defaults(fn=cmd_leaderboard)
+
+    pro = sub.add_parser("probe", help="measure this device: ceiling, stages, a grid end to end, estimates (one JSON)")
+    pro.add_argument("--out", default="probe.json", help="the JSON written (default %(default)s)")
+    pro.add_argument("--device", help="cpu, cuda, cuda:1 (default: auto)")
+    pro.add_argument("--width", type=int, help="ResNet18 width of the ceiling and the stages (default 64)")
+    pro.add_argument("--image-sizes", type=int, nargs="+", help="ceiling image sizes (default 32 64)")
+    pro.add_argument("--batches", type=int, nargs="+", help="ceiling batch sizes (default 256 512)")
+    pro.add_argument("--seconds", type=float, help="timing window of each ceiling measurement (default 2)")
+    pro.add_argument("--data", help="the stages' data source (default imagefolder:probe-data/cifar10-jpeg; digits if absent)")
+    pro.add_argument("--stage-image-size", type=int, help="image size of the stage measurements (default 64)")
+    pro.add_argument("--stage-images", type=int, help="images per stage measurement (default 4096)")
+    pro.add_argument("--grid", help="the end-to-end grid (default: the bundled probe grid)")
+    pro.add_argument("--executor", choices=["dask", "joblib"], help="how the grid runs (default dask)")
+    pro.add_argument("--sharing-workers", type=int, help="workers per device in the sharing run (default 4; 0 skips it)")
+    pro.add_argument("--cpu-record", help="the grid's CPU record to compare with (a results/measured/ directory)")
+    pro.add_argument("--estimate-grids", nargs="+", help="grids estimated from this device's calibration (default paper)")
+    pro.add_argument("--estimate-gpus", type=int, nargs="+", help="device counts of those estimates (default 1 8)")
+    pro.add_argument("--work-dir", help="stores and calibration of the probe (default probe-work)")
+    pro.set_defaults(fn=cmd_probe)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The one error boundary of the command line: a `DAEBenchError` is printed as its
+    paragraph; anything else as one paragraph naming the command, its input and where the
+    traceback went (the log file, and the terminal under --debug). Exit codes: 2 for a
+    user error, 3 for an internal one, 130 when interrupted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.fn(args)
     except DAEBenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = str(err).rstrip()
+        print(f"error: {message if message.endswith(('.', '?', '!', ')')) else message + '.'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: every completed artifact is kept; re-run to resume.", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug, or an environment DAEBench did not foresee
+        import traceback
+
+        log = _write_error_log(argv, traceback.format_exc())
+        what = " ".join(argv) or args.command
+        print(f"error: `daebench {what}` failed with an internal error ({type(err).__name__}: {err}). This is not "
+              f"something the input was checked for: please report it with the traceback, which is in {log}"
+              f"{' and below' if debug else ' (or re-run with --debug to print it)'}. Every artifact computed before "
+              f"the failure is kept in the store.", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return 3
+
+
+def _write_error_log(argv: list[str], text: str) -> Path:
+    """The traceback of an internal error, kept where a user can attach it to a report."""
+    import os
+    import tempfile
+    import time
+
+    from daebench.paths import default_runs
+
+    chosen = os.environ.get("DAEBENCH_ERROR_LOG")  # where the tests keep theirs
+    candidates = [Path(chosen)] if chosen else [default_runs() / "daebench-error.log",
+                                                Path(tempfile.gettempdir()) / "daebench-error.log"]
+    for path in candidates:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} daebench {' '.join(argv)}\n{text}\n")
+            return path
+        except OSError:
+            continue
+    return Path("(no writable location for the log)")
 
 
 if __name__ == "__main__":

@@ -105,6 +105,12 @@ class GridSpec(_Strict):
     heads_by_dataset: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-D_d overrides of `heads` (the reference trains ImageNet20 heads 50 epochs)")
     device: str = "auto"
+    precision: Literal["auto", "float32", "bf16"] = Field(
+        "auto", description="how the training stages' encoder passes run (the pre-training recipes' and defenses' "
+                            "`amp` + `channels_last` switches, where a plugin's params do not set them): bf16 autocast "
+                            "+ channels-last on CUDA and float32 on CPU (`auto`), or the one named for every device. "
+                            "On a CPU without native bf16 (no AVX512-BF16 / AMX) bf16 is emulated and about 10x slower "
+                            "than float32. The resolved switches are in the artifact keys.")
     batch_size: int = Field(512, ge=1, description="inference batch size for features")
 
     @field_validator("eps", mode="before")
@@ -190,13 +196,44 @@ class GridSpec(_Strict):
         return set(self.datasets) | set(self.all_dataset_names())
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
+def _fields_at(model: Any, path: tuple) -> list[str]:
+    """The keys valid at `path` inside `model` (a pydantic class), following fields, list
+    items and dict values; [] where the path leaves the models."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def models_in(annotation: Any) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for a in typing.get_args(annotation) for m in models_in(a)]
+
+    current = [model]
+    for part in path:
+        nxt = []
+        for m in current:
+            if isinstance(part, str) and part in m.model_fields:
+                nxt += models_in(m.model_fields[part].annotation)
+            elif not isinstance(part, str) or part not in m.model_fields:
+                nxt.append(m)  # a list index or a dict key: the same model's items
+        current = nxt
+        if not current:
+            return []
+    return sorted({name for m in current for name in m.model_fields})
+
+
+def _format_validation_error(err: ValidationError, where: str, model: Any = None) -> str:
+    from daebench.registry import did_you_mean
+
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = e["msg"].removeprefix("Value error, ").rstrip(".")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            valid = _fields_at(model, tuple(e["loc"][:-1])) if model is not None else []
+            close = did_you_mean(str(e["loc"][-1]), valid)
+            msg = ("unknown key;" + close.replace(" Did", " did").rstrip("?") + "?" if close
+                   else "unknown key" + (f" (valid keys here: {', '.join(valid)})" if valid else ""))
         if e["type"] == "missing":
             msg = "required key is missing"
         lines.append(f"{loc}: {msg}")
@@ -244,7 +281,7 @@ def parse_grid(raw: Any, where: str = "(inline)") -> GridSpec:
     try:
         grid = GridSpec.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, where)) from None
+        raise ConfigError(_format_validation_error(err, where, GridSpec)) from None
     validate_against_registries(grid, where)
     return grid
 
@@ -255,9 +292,13 @@ def dataset_problem(name: str, source: str) -> str | None:
     from daebench.data import DATASETS
 
     if source.startswith("npz:"):
-        if not Path(source[4:]).expanduser().is_file():
+        path = Path(source[4:]).expanduser()
+        if not path.is_file():
             return f"dataset '{name}': npz file '{source[4:]}' does not exist (relative paths are read from {Path.cwd()})"
-        return None
+        from daebench.data import npz_problem
+
+        problem = npz_problem(path)
+        return f"dataset '{name}': {problem}" if problem else None
     if source.startswith("imagefolder:"):
         from daebench.imagefolder import tree_root
 

@@ -276,34 +276,73 @@ def _npz_path(source: str) -> Path:
     return path.resolve()
 
 
+NPZ_EXPECTED = ("x_train (N,H,W,3) uint8, y_train (N,) integer labels, x_test (M,H,W,3) uint8, y_test (M,) integer "
+                "labels, N and M at least 1, labels 0..C-1 with every class in the training split")
+
+
+def _npz_headers(path: Path) -> tuple[dict[str, tuple[np.dtype, tuple[int, ...]]], dict[str, np.ndarray]]:
+    """Each array's dtype and shape (read from its header, the images never decoded) and
+    the label arrays themselves (small)."""
+    import zipfile
+
+    headers: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+    with zipfile.ZipFile(path) as z:
+        for member in z.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with z.open(member) as f:
+                major, _ = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+            headers[member[:-4]] = (dtype, shape)
+    with np.load(path, allow_pickle=False) as f:
+        labels = {k: f[k] for k in ("y_train", "y_test") if k in headers}
+    return headers, labels
+
+
+def npz_problem(path: Path) -> str | None:
+    """What is wrong with an npz dataset file, as one sentence naming the file, or None.
+    Reads array headers and labels only, so `daebench validate` can afford it for every file."""
+    try:
+        headers, labels = _npz_headers(path)
+    except Exception as err:  # not a zip, truncated, a pickled object array, ...
+        return f"dataset file {path} cannot be read as .npz ({type(err).__name__}: {err}); expected {NPZ_EXPECTED}"
+    missing = [k for k in NPZ_KEYS if k not in headers]
+    if missing:
+        return (f"dataset file {path} lacks the arrays {', '.join(missing)}: it has "
+                f"{', '.join(sorted(headers)) or 'no arrays'}; expected {NPZ_EXPECTED}")
+    for split in ("train", "test"):
+        (x_dtype, x_shape), (y_dtype, y_shape) = headers[f"x_{split}"], headers[f"y_{split}"]
+        if x_dtype != np.uint8 or len(x_shape) != 4 or x_shape[-1] != 3:
+            return f"dataset file {path}: x_{split} is {x_dtype} {x_shape}; expected {NPZ_EXPECTED}"
+        if x_shape[0] == 0 or min(x_shape[1:3]) == 0:
+            return f"dataset file {path}: the {split} split is empty ({x_shape}); expected {NPZ_EXPECTED}"
+        if not np.issubdtype(y_dtype, np.integer) or y_shape != (x_shape[0],):
+            return (f"dataset file {path}: y_{split} is {y_dtype} {y_shape} for {x_shape[0]} images; "
+                    f"expected {NPZ_EXPECTED}")
+    train, test = labels["y_train"], labels["y_test"]
+    if min(train.min(), test.min()) < 0:
+        return f"dataset file {path}: negative labels; expected {NPZ_EXPECTED}"
+    classes = int(train.max()) + 1
+    present = np.unique(train)
+    if len(present) != classes:
+        absent = sorted(set(range(classes)) - set(present.tolist()))
+        return (f"dataset file {path}: the training labels span 0..{classes - 1} but {len(absent)} of those classes "
+                f"never occur (e.g. {', '.join(map(str, absent[:5]))}), so a head would get {classes} outputs for "
+                f"{len(present)} classes; relabel them 0..{len(present) - 1}")
+    if int(test.max()) >= classes:
+        return (f"dataset file {path}: y_test has label {int(test.max())}, but the training split has only the "
+                f"classes 0..{classes - 1}; expected {NPZ_EXPECTED}")
+    return None
+
+
 def _load_npz(path: Path) -> ImageData:
     """Read and validate an npz source; every problem names the file and what was expected."""
-    expected = "x_train (N,H,W,3) uint8, y_train (N,) int, x_test (M,H,W,3) uint8, y_test (M,) int"
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            found = sorted(f.files)
-            missing = [k for k in NPZ_KEYS if k not in found]
-            if missing:
-                raise DataUnavailableError(
-                    f"Dataset file {path} lacks the arrays {', '.join(missing)}: it has "
-                    f"{', '.join(found) or 'no arrays'}, expected {expected}."
-                )
-            arrays = {k: f[k] for k in NPZ_KEYS}
-    except (OSError, ValueError) as err:  # not a zip, truncated, pickled objects, ...
-        raise DataUnavailableError(f"Cannot read dataset file {path} as .npz ({err}); expected {expected}.") from err
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            raise DataUnavailableError(
-                f"Dataset file {path}: x_{split} is {x.dtype} {x.shape}, expected {expected}."
-            )
-        if not np.issubdtype(y.dtype, np.integer) or y.shape != (x.shape[0],) or (y.size and y.min() < 0):
-            raise DataUnavailableError(
-                f"Dataset file {path}: y_{split} is {y.dtype} {y.shape} for {x.shape[0]} images, "
-                f"expected non-negative integer labels, {expected}."
-            )
-    labels = [a for a in (arrays["y_train"], arrays["y_test"]) if a.size]
-    num_classes = int(max(a.max() for a in labels)) + 1 if labels else 0
+    if (problem := npz_problem(path)) is not None:
+        raise DataUnavailableError(problem[0].upper() + problem[1:] + ".")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in NPZ_KEYS}
+    num_classes = int(arrays["y_train"].max()) + 1
     return ImageData(
         path.stem,
         _nhwc(arrays["x_train"]),

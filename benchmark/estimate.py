@@ -278,7 +278,8 @@ def stage_config(plan: Plan, node: Node, grid: GridSpec) -> dict[str, Any]:
     """The encoder a stage runs (its victim's architecture at the grid's image size), in
     bf16 + channels_last where a training stage's `amp` switch says so."""
     arch = _victim(plan, node).spec.arch
-    amp = node.stage in ("pretrain", "defend") and bool(getattr(node.spec, "params", {}).get("amp"))
+    amp = ((node.stage in ("pretrain", "defend") and bool(getattr(node.spec, "params", {}).get("amp")))
+           or getattr(node.spec, "precision", None) == "bf16")  # crafts and features under the grid's precision
     return {"arch": arch["arch"], "width": arch["width"], "conv1_padding": arch["conv1_padding"],
             "image_size": grid.image_size, "amp": amp}
 
@@ -332,9 +333,12 @@ def estimate_grid(grid: GridSpec, device: str | None = None, calibration: Calibr
     With `cache_dir` and `skip_cached`, artifacts already in that store cost nothing."""
     from daebench.runtime import resolve_device
 
-    plan = plan or plan_grid(grid)
     if isinstance(calibration, (str, Path)):
         calibration = Calibration.load(Path(calibration))
+    if plan is None:
+        # planned for the device it is estimated on: `precision: auto` is bf16 on CUDA
+        target = calibration.device if calibration is not None else (device or grid.device)
+        plan = plan_grid(grid.model_copy(update={"device": target}))
     if calibration is None:
         calibration = device_calibration(plan, grid, str(resolve_device(device or grid.device)), cache_dir)
     store = ArtifactStore(cache_dir) if skip_cached and cache_dir is not None and Path(cache_dir).is_dir() else None

@@ -59,21 +59,24 @@ class JoblibExecutor:
 
 class DaskExecutor:
     """Stages on dask.distributed workers: an existing scheduler (`address`), or a
-    LocalCluster of `workers` single-threaded processes started here (one per visible
-    GPU when the grid runs on CUDA: each worker pins its own device).
+    LocalCluster of `workers` single-threaded processes started here (on CUDA,
+    `workers_per_gpu` per visible GPU, worker i pinned to GPU i mod the GPU count: small
+    stages leave a large GPU idle between kernels, and several processes fill it).
 
     Every worker opens the same artifact store (a shared filesystem path), so results
     land where a local run would put them; file locks in the runner make each artifact
     computed once even when several runs or workers race for it."""
 
-    def __init__(self, address: str | None = None, workers: int = 2, gpus: int = 0) -> None:
+    def __init__(self, address: str | None = None, workers: int = 2, gpus: int = 0, workers_per_gpu: int = 1) -> None:
         from distributed import Client, LocalCluster
 
         self.cluster = None
+        if workers_per_gpu < 1:
+            raise ValueError(f"workers per GPU must be >= 1, got {workers_per_gpu}")
         if address:
             self.client = Client(address)
         else:
-            n = gpus or workers
+            n = gpus * workers_per_gpu or workers
             if n < 1:
                 raise ValueError(f"workers must be >= 1, got {n}")
             self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,

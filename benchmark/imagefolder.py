@@ -70,6 +70,12 @@ def listing(root: Path) -> tuple[list[str], Listing]:
     for split in ("train", "test"):
         if not any(f[0] == split for f in files):
             raise DataUnavailableError(f"Dataset tree {root}: its {split} split holds no images ({', '.join(EXTENSIONS)}).")
+        held = {f[1] for f in files if f[0] == split}
+        empty = [name for label, name in enumerate(classes_of[split]) if label not in held]
+        if empty:  # torchvision's ImageFolder refuses such a tree too ("Found no valid file for the classes ...")
+            raise DataUnavailableError(
+                f"Dataset tree {root}: the class folder(s) {', '.join(empty)} of its {split} split hold no images "
+                f"({', '.join(EXTENSIONS)}); every class needs images in both splits, or remove the empty folders.")
     return classes_of["train"], files
 
 
@@ -86,8 +92,12 @@ def _decode(root: str, paths: list[str]) -> tuple[list[np.ndarray], str]:
     for rel in paths:
         data = (Path(root) / rel).read_bytes()
         digest.update(rel.encode() + b"\0" + data)
-        with Image.open(Path(root) / rel) as image:
-            out.append(np.asarray(image.convert("RGB")))
+        try:
+            with Image.open(Path(root) / rel) as image:
+                out.append(np.asarray(image.convert("RGB")))
+        except Exception as err:  # truncated, corrupt, or not an image despite its extension
+            raise DataUnavailableError(f"Dataset tree {root}: {rel} is not a readable image ({type(err).__name__}: "
+                                       f"{err}); replace or remove it.") from None
     return out, digest.hexdigest()
 
 

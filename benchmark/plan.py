@@ -111,8 +111,9 @@ class PluginResolver:
     per grid. A plugin that has no profile of the grid's default name runs its `paper`
     profile: that is said once, naming the plugin, since a tiny grid then takes hours."""
 
-    def __init__(self, grid_profile: str) -> None:
+    def __init__(self, grid_profile: str, bf16: bool = False) -> None:
         self.grid_profile = grid_profile
+        self.bf16 = bf16  # the grid's resolved `precision`: the `amp` / `channels_last` a plugin's params leave open
         self._cache: dict[tuple[str, str], Params] = {}
         self.warnings: list[str] = []
 
@@ -127,8 +128,29 @@ class PluginResolver:
                 if message not in self.warnings:
                     self.warnings.append(message)
                     log.warning(message)
-            self._cache[memo] = cls.resolve_params(chosen, overrides)
+            self._cache[memo] = cls.resolve_params(chosen, self._with_precision(cls, chosen, overrides))
         return self._cache[memo]
+
+
+    def _with_precision(self, cls: type[Configurable], profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The precision switches the grid decides: only where the plugin has them and
+        neither its profile nor the grid's params set them."""
+        fields = cls.Params.model_fields
+        profile_values = cls.profiles.get(profile, {})
+        switches = {k: self.bf16 for k in ("amp", "channels_last")
+                    if k in fields and k not in overrides and k not in profile_values}
+        return {**switches, **overrides} if self.bf16 else overrides
+
+
+def bf16_by_default(precision: str, device: str) -> bool:
+    """`precision: auto` is bf16 + channels-last on CUDA, float32 elsewhere."""
+    if precision != "auto":
+        return precision == "bf16"
+    if str(device) == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return str(device).startswith("cuda")  # any label: a calibration file's device is planned for too
 
 
 @dataclass(frozen=True)
@@ -190,7 +212,9 @@ class _Planner:
     def __init__(self, grid: GridSpec) -> None:
         self.grid = grid
         self.plan = Plan()
-        self.resolve = PluginResolver(grid.profile)
+        bf16 = bf16_by_default(grid.precision, grid.device)
+        self.resolve = PluginResolver(grid.profile, bf16)
+        self.precision = "bf16" if bf16 else None  # crafts and features (None: float32, the keys they always had)
         self.data = DataContext.of(grid)
 
     def encoder(self, enc: EncoderSpec, seed: int) -> Ref:
@@ -217,7 +241,8 @@ class _Planner:
         # The scenario only decides which surrogates the attacker has; it is not in
         # the spec, so two scenarios with the same surrogates share one artifact.
         spec = CraftSpec(attack=attack.name, version=cls.version, params=params.model_dump(), eps=eps, seed=seed,
-                         data=self.data.spec(target), ensemble=ensemble, surrogates=tuple(surrogates))
+                         data=self.data.spec(target), ensemble=ensemble, precision=self.precision,
+                         surrogates=tuple(surrogates))
         return self.plan.add(spec, f"craft {attack.display} ({scenario}) eps={eps:.4f} on {target}")
 
     def auxiliaries(self, defense: PluginSpec, victim: EncoderSpec, d_f: str, seed: int) -> tuple[list[Ref], list[Ref]]:
@@ -250,7 +275,7 @@ class _Planner:
 
     def features(self, model: Ref, d_d: str, split: str, perturbation: Ref | None = None) -> Ref:
         spec = FeaturesSpec(data=self.data.spec(d_d, split), clamp=self.grid.clamp if perturbation else None,
-                            model=model, perturbation=perturbation)
+                            precision=self.precision, model=model, perturbation=perturbation)
         return self.plan.add(spec, f"features {d_d}/{split}{' adv' if perturbation else ''}")
 
     def build(self) -> Plan:
@@ -295,6 +320,7 @@ def grid_hash(grid: GridSpec) -> str:
     import hashlib
 
     dump = grid.model_dump(mode="json")
-    if dump.get("pairing") == "all":  # the default leaves the hash of grids written before the field unchanged
-        del dump["pairing"]
+    for name, default in (("pairing", "all"), ("precision", "auto")):
+        if dump.get(name) == default:  # a default leaves the hash of grids written before the field unchanged
+            del dump[name]
     return hashlib.sha256(canonical_json(dump).encode()).hexdigest()[:12]

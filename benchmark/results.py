@@ -81,15 +81,26 @@ def _timings(store: ArtifactStore, cell: Cell) -> dict[str, float | None]:
 
 
 def write_run(report: RunReport, runs_dir: Path) -> Path:
-    """results.csv/.parquet + the exact grid + provenance, side by side (numbers never travel alone)."""
+    """results.csv/.parquet + the exact grid + provenance, side by side (numbers never travel alone).
+
+    A run never destroys an earlier run's results: a results table with fewer rows than
+    the one in place (a failed run, a slice of the grid) or of another grid of the same
+    name first moves the earlier record into `history/<its time>/`; every file is written
+    atomically; and `run.json` keeps one line per earlier run (`history`), so a re-run
+    that computes nothing does not erase the record of the run that computed."""
     import yaml
 
     run_dir = runs_dir / report.grid.name
     run_dir.mkdir(parents=True, exist_ok=True)
+    previous = _read_json(run_dir / "run.json")
+    earlier_rows = _rows(run_dir / "results.csv")
+    new_hash = grid_hash(report.grid)
+    if earlier_rows and (len(report.results) < earlier_rows or (previous and previous.get("grid_hash") != new_hash)):
+        _archive(run_dir, previous)
     write_results(report.results, run_dir)
-    (run_dir / "grid.yaml").write_text(yaml.safe_dump(report.grid.model_dump(mode="json"), sort_keys=False))
+    _atomic_write(run_dir / "grid.yaml", yaml.safe_dump(report.grid.model_dump(mode="json"), sort_keys=False))
     run_info: dict[str, Any] = {
-        "grid": report.grid.name, "description": report.grid.description, "grid_hash": grid_hash(report.grid),
+        "grid": report.grid.name, "description": report.grid.description, "grid_hash": new_hash,
         **provenance(report.grid.device),
         "cache_dir": str(Path(report.cache_dir).resolve()) if report.cache_dir else None,
         "wall_seconds": round(report.wall_seconds, 2), "cached": dict(report.hits), "computed": dict(report.computed),
@@ -97,9 +108,55 @@ def write_run(report: RunReport, runs_dir: Path) -> Path:
         "estimate": report.estimate,  # `daebench estimate` before the run, beside the actual seconds above
         "failures": [{"stage": f.label, "error": f.error} for f in report.failures],
         "corrupted": report.corrupted,
+        "rows": len(report.results),
+        "history": _history(previous),
     }
-    (run_dir / "run.json").write_text(json.dumps(run_info, indent=1))
+    _atomic_write(run_dir / "run.json", json.dumps(run_info, indent=1))
     return run_dir
+
+
+HISTORY_FIELDS = ("time_utc", "git_commit", "grid_hash", "device", "wall_seconds", "computed", "cached", "rows")
+
+
+def _history(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not previous:
+        return []
+    earlier = list(previous.get("history", []))
+    earlier.append({k: previous.get(k) for k in HISTORY_FIELDS} | {"failures": len(previous.get("failures", []))})
+    return earlier
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _rows(path: Path) -> int:
+    try:
+        return len(pd.read_csv(path))
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return 0
+
+
+def _archive(run_dir: Path, previous: dict[str, Any] | None) -> Path:
+    """Move the run's current record into history/<its time>/ (copied, then replaced)."""
+    import shutil
+
+    stamp = ((previous or {}).get("time_utc") or "unknown").replace(":", "-")
+    target = run_dir / "history" / stamp
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("results.csv", "results.parquet", "grid.yaml", "run.json"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, target / name)
+    return target
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 TABLE_COLUMNS = ["encoder", "defense", "D_f", "D_d", "attack", "eps", "BA", "RA", "ASR", "n"]
@@ -117,9 +174,13 @@ def format_results(df: pd.DataFrame) -> str:
 
 
 def write_results(df: pd.DataFrame, run_dir: Path) -> None:
-    """results.csv and results.parquet side by side."""
-    df.to_csv(run_dir / "results.csv", index=False)
-    df.to_parquet(run_dir / "results.parquet", index=False)
+    """results.csv and results.parquet side by side, each written to a temporary file and
+    renamed over the old one: a run killed mid-write leaves the earlier table whole."""
+    for name, write in (("results.csv", lambda p: df.to_csv(p, index=False)),
+                        ("results.parquet", lambda p: df.to_parquet(p, index=False))):
+        tmp = run_dir / f".{name}.tmp"
+        write(tmp)
+        os.replace(tmp, run_dir / name)
 
 
 @dataclass
@@ -154,7 +215,28 @@ def load_run(run: str | Path, runs_dir: str | Path) -> RunRecord:
 
     directory = resolve_run_dir(run, runs_dir)
     parquet = directory / "results.parquet"
-    df = pd.read_parquet(parquet) if parquet.is_file() else pd.read_csv(directory / "results.csv")
-    grid = yaml.safe_load((directory / "grid.yaml").read_text()) if (directory / "grid.yaml").is_file() else {}
-    info = json.loads((directory / "run.json").read_text()) if (directory / "run.json").is_file() else {}
-    return RunRecord(grid.get("name") or directory.name, directory, df, grid, info)
+    source = parquet if parquet.is_file() else directory / "results.csv"
+    try:
+        df = pd.read_parquet(parquet) if parquet.is_file() else pd.read_csv(source)
+    except pd.errors.EmptyDataError:
+        df = pd.DataFrame()
+    except Exception as err:  # a truncated or foreign file
+        raise DAEBenchError(f"The results table {source} cannot be read ({type(err).__name__}: {err}); a run's "
+                            f"table is the results.csv / results.parquet that `daebench run` writes.") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if df.empty or missing:
+        what = "has no rows" if df.empty else f"lacks the columns {', '.join(missing)}"
+        raise DAEBenchError(f"The results table {source} {what}: reports need at least one evaluated cell with the "
+                            f"columns {', '.join(REQUIRED_COLUMNS)}, as `daebench run` writes them (a run whose stages "
+                            f"all failed has none; re-run the grid to resume it).")
+    try:
+        grid = yaml.safe_load((directory / "grid.yaml").read_text()) if (directory / "grid.yaml").is_file() else {}
+        info = json.loads((directory / "run.json").read_text()) if (directory / "run.json").is_file() else {}
+    except (ValueError, yaml.YAMLError) as err:
+        raise DAEBenchError(f"The run record in {directory} is damaged ({err}): grid.yaml and run.json are "
+                            f"written by `daebench run`; re-run the grid to rewrite them.") from None
+    return RunRecord((grid or {}).get("name") or directory.name, directory, df, grid or {}, info or {})
+
+
+#: what every report reads from a results table
+REQUIRED_COLUMNS = ("defense", "attack", "D_d", "eps", "BA", "RA", "ASR")

@@ -69,8 +69,11 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
                 return NodeOutcome(node.key, node.stage, node.label, 0.0, computed_elsewhere=True)
             started = time.perf_counter()  # the stage's own time, not time spent waiting for the lock
             inputs = {role: store.load(ref.stage, ref.key) for role, ref in node.refs.items()}
+            if ctx.torch_device.type == "cuda":  # cudnn picks the fastest kernels for each shape it meets
+                torch.backends.cudnn.benchmark = True
             scratch = store.scratch_path(node.key)
             tensors, meta, batch = _run_stage(node, dataclasses.replace(ctx, scratch=str(scratch)), inputs)
+            _check_finite(node, tensors)
             seconds = time.perf_counter() - started
             store.save(node.stage, node.key, tensors, {
                 "spec": node.spec.hashed(), "inputs": node.inputs, "label": node.label, "seconds": seconds,
@@ -87,6 +90,21 @@ def execute_node(node: Node, store_root: str, ctx: StageContext, threads: int | 
 
 
 INFERENCE_STAGES = ("features",)
+MODEL_STAGES = ("pretrain", "checkpoint", "defend")
+
+
+def _check_finite(node: Node, tensors: dict) -> None:
+    """An encoder with NaN or infinite weights is never stored: every number downstream
+    of it would be at chance, silently."""
+    import torch
+
+    if node.stage not in MODEL_STAGES:
+        return
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise DAEBenchError(f"{node.label} produced NaN or infinite weights in {len(broken)} tensor(s) "
+                            f"({', '.join(broken[:3])}): the training diverged. Lower its learning rate or use "
+                            f"float32 (`precision: float32`); nothing was stored for it.")
 
 
 def _run_stage(node: Node, ctx: StageContext, inputs: dict) -> tuple[dict, dict, int]:
@@ -148,6 +166,46 @@ class RunReport:
         return "\n".join(lines)
 
 
+def check_device(device: str) -> None:
+    """The grid's device, checked once before a run: a clear error, not one per stage."""
+    import torch
+
+    from daebench.errors import ConfigError
+
+    text = str(device)
+    if text == "auto" or text == "cpu":
+        return
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{text}': this machine has no CUDA device (or this torch, "
+                              f"{torch.__version__}, is built without CUDA). Use device 'cpu', or 'auto' to take a "
+                              f"GPU where there is one.")
+        index = text.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ConfigError(f"device '{text}': this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+        return
+    raise ConfigError(f"device '{text}' is not one DAEBench runs on: valid devices are auto, cpu, cuda and cuda:N.")
+
+
+def check_writable(root: Path) -> None:
+    """The store's directory exists (or can be made) and takes writes, said once."""
+    from daebench.errors import StoreError
+
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"The cache directory {root} is a file, not a directory: --cache-dir (or $DAEBENCH_CACHE) "
+                         f"must name a directory, which is created if missing. Nothing was computed.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise StoreError(f"The cache directory {root} is not writable ({err.strerror or err}): the grid has artifacts "
+                         f"to compute, and they are stored there. Pass a writable --cache-dir (or set "
+                         f"$DAEBENCH_CACHE). Nothing was computed.") from None
+
+
 def run_plan(grid: GridSpec, cache_dir: str | os.PathLike | None = None, executor: Executor | None = None,
              progress: bool = True, recompute: Iterable[str] = ()) -> RunReport:
     """Plan the grid and compute every artifact it needs that the store lacks. The
@@ -160,9 +218,12 @@ def run_plan(grid: GridSpec, cache_dir: str | os.PathLike | None = None, executo
     started = time.perf_counter()
     cache_dir = default_cache() if cache_dir is None else cache_dir
     executor = executor or JoblibExecutor(1)
+    check_device(grid.device)  # once, before anything runs: not once per stage
     store = ArtifactStore(cache_dir)
-    store.clean_stale_tmp()
     plan = plan_grid(grid)
+    if any(store.status(n.stage, n.key) != "ok" for n in plan.nodes.values()):
+        check_writable(store.root)  # a store that has everything may be read-only
+    store.clean_stale_tmp()
     ctx = StageContext(device=grid.device, data_root=grid.data_root, download=grid.download,
                        batch_size=grid.batch_size, progress=progress and executor.workers == 1)
     threads = max(1, (os.cpu_count() or 1) // executor.workers) if executor.workers > 1 else None

@@ -139,7 +139,7 @@ class CheckpointSpec(StageSpec):
 
 class CraftSpec(StageSpec):
     stage: ClassVar[str] = "craft"
-    optional: ClassVar[frozenset[str]] = frozenset({"ensemble"})
+    optional: ClassVar[frozenset[str]] = frozenset({"ensemble", "precision"})
     attack: str
     version: int
     params: dict[str, Any]
@@ -147,6 +147,7 @@ class CraftSpec(StageSpec):
     seed: int
     data: DataSpec
     ensemble: int | None = None  # white-box crafts (several surrogates): the ensemble objective's version
+    precision: str | None = None  # "bf16": the surrogates' forwards under bf16 autocast + channels-last; None: float32
     surrogates: tuple[Ref, ...]
 
     def list_roles(self, name: str, refs: list[Ref]) -> dict[str, Ref]:
@@ -168,9 +169,10 @@ class DefendSpec(StageSpec):
 
 class FeaturesSpec(StageSpec):
     stage: ClassVar[str] = "features"
-    optional: ClassVar[frozenset[str]] = frozenset({"clamp"})
+    optional: ClassVar[frozenset[str]] = frozenset({"clamp", "precision"})
     data: DataSpec
     clamp: bool | None = None  # set exactly when a perturbation is applied
+    precision: str | None = None  # "bf16": the encoder's forwards under bf16 autocast + channels-last; None: float32
     model: Ref
     perturbation: Ref | None = None
 

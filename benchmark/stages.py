@@ -25,7 +25,7 @@ import torch
 from daebench.data import ImageData, load_dataset, to_float
 from daebench.encoders.backbones import build_encoder
 from daebench.defenses.base import Fusion
-from daebench.encoders.models import pack_branches, unpack_branches
+from daebench.encoders.models import FastEncoder, pack_branches, unpack_branches
 from daebench.heads import HeadParams, make_head, predict_logits, train_head
 from daebench.metrics import detection_metrics, robustness_metrics
 from daebench.runtime import batches, seed_everything
@@ -119,7 +119,7 @@ def run_craft(ctx: StageContext, spec: CraftSpec, inputs: dict[str, Artifact]) -
 
     # One surrogate (semi-black-box, transfer) or several (white-box: every public
     # encoder the defense uses), in the order the planner listed them.
-    surrogates = [_encoders(inputs[role])[0] for role in spec.inputs()]
+    surrogates = [_fast(_encoders(inputs[role])[0], spec.precision) for role in spec.inputs()]
     surrogate = surrogates[0] if len(surrogates) == 1 else SurrogateEnsemble(surrogates)
     data = ctx.dataset(spec.data)
     started = time.perf_counter()
@@ -165,7 +165,7 @@ def run_features(ctx: StageContext, spec: FeaturesSpec, inputs: dict[str, Artifa
     delta = inputs["perturbation"].tensors["delta"] if "perturbation" in inputs else None
     out = {"labels": y.clone()}
     for i, encoder in enumerate(branches):
-        out[f"branch{i}"] = encode_images(encoder, x, ctx.torch_device, ctx.batch_size, delta,
+        out[f"branch{i}"] = encode_images(_fast(encoder, spec.precision), x, ctx.torch_device, ctx.batch_size, delta,
                                           True if spec.clamp is None else spec.clamp)
     meta = {"num_classes": data.num_classes, "n": len(y), "feature_dims": [e.feature_dim for e in branches]}
     fusion = Fusion.recorded(inputs["model"].meta)
@@ -214,6 +214,16 @@ def run_evaluate(ctx: StageContext, spec: EvaluateSpec, inputs: dict[str, Artifa
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _fast(encoder: torch.nn.Module, precision: str | None) -> torch.nn.Module:
+    """The encoder as the spec's precision runs it: bf16 autocast + channels-last (float32
+    features out), or itself (float32)."""
+    if precision is None:
+        return encoder
+    if precision != "bf16":
+        raise ValueError(f"unknown precision {precision!r}: None (float32) or 'bf16'")
+    return FastEncoder(encoder.to(memory_format=torch.channels_last), amp=True, channels_last=True)
+
+
 def _encoders(artifact: Artifact):
     return unpack_branches(artifact.tensors, artifact.meta)
 
@@ -235,11 +245,16 @@ def encode_images(
     """Features of uint8 images (optionally plus a universal or per-sample delta), batched."""
     from daebench.attacks import Attack
 
+    # The images (uint8, a quarter of float32) and the delta go to the device once, the
+    # features come back once: no host round trip per batch.
     encoder = encoder.to(device).eval()
+    x = x.to(device, non_blocking=True)
+    delta = delta.to(device) if delta is not None else None
     out = []
     for idx in batches(len(x), batch_size):
+        idx = idx.to(device)
         xb = to_float(x[idx])
         if delta is not None:
             xb = Attack.apply(delta if delta.shape[0] == 1 else delta[idx], xb, clamp)
-        out.append(encoder(xb.to(device)).float().cpu())
-    return torch.cat(out)
+        out.append(encoder(xb).float())
+    return torch.cat(out).cpu() if out else torch.empty(0)

@@ -19,6 +19,7 @@ sha256 of the tensor file). Why this shape:
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
 import os
 import shutil
@@ -204,6 +205,13 @@ class ArtifactStore:
             except OSError:
                 if not self.exists(stage, key):
                     raise
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreError(f"The disk holding the cache directory {self.root} is full (ENOSPC while writing "
+                                 f"the {stage} artifact {key[:12]}): nothing partial was kept, and every artifact "
+                                 f"stored before it is intact. Free space (or pass another --cache-dir) and re-run "
+                                 f"to resume.") from None
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from daebench.data import ImageData, to_float
 from daebench.encoders.backbones import Encoder
+from daebench.encoders.models import FastEncoder
 from daebench.heads import HeadParams, head_optimizer, make_head
 from daebench.plugins import Configurable, Params, Work, capped, required
 from daebench.registry import Registry
@@ -55,23 +56,6 @@ class SpeedSwitches(Params):
     omitted_when: ClassVar[dict[str, Any]] = {"amp": False, "channels_last": False}
     amp: bool = Field(False, description="bf16 autocast for the encoder's forwards (CPU and CUDA); heads and losses in float32")
     channels_last: bool = Field(False, description="channels-last memory format for the encoder while defending")
-
-
-class FastEncoder(nn.Module):
-    """The encoder under bf16 autocast and/or channels-last input, returning float32
-    features, so every loss (GR, KL, cosines, CE) is computed in float32 whatever the
-    switches. It shares its parameters with the wrapped encoder: optimisers built on
-    either train the same weights."""
-
-    def __init__(self, encoder: nn.Module, amp: bool, channels_last: bool) -> None:
-        super().__init__()
-        self.encoder, self.amp, self.channels_last = encoder, amp, channels_last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.encoder(x).float()
 
 
 @dataclass(frozen=True)
@@ -382,7 +366,7 @@ class AdversarialFineTuning(Defense):
         enc_opt = torch.optim.Adam(encoder.parameters(), lr=p.encoder_lr, weight_decay=p.weight_decay)
         enc_sched = torch.optim.lr_scheduler.ExponentialLR(enc_opt, gamma=p.lr_decay)
         head_opt, head_sched = head_optimizer(head, HeadParams(lr=p.head_lr, weight_decay=p.weight_decay, lr_decay=p.lr_decay))
-        x_all, y_all = split.x_train, split.y_train
+        x_all, y_all = split.x_train.to(self.device), split.y_train.to(self.device)  # to the device once
         scored_on = self.selection_data(split, data, p.selection)
         history: list[float] = []
         scores: list[float] = []
@@ -401,8 +385,8 @@ class AdversarialFineTuning(Defense):
             total = torch.zeros((), device=self.device)  # on the device: no host sync per step
             count = 0
             for idx in batches(len(x_all), p.batch_size, generator):
-                x = to_float(x_all[idx]).to(self.device)
-                y = y_all[idx].to(self.device)
+                idx = idx.to(self.device)
+                x, y = to_float(x_all[idx]), y_all[idx]
                 encoder.train()
                 head.train()
                 # zeroed before `loss`: an attack that leaks on purpose (`pgd(leak_into=...)`)

@@ -64,3 +64,11 @@ def digits_subset(n_train: int, n_test: int, image_size: int = 16):
     d = load_dataset("digits", image_size=image_size)
     return ImageData("digits-small", d.x_train[:n_train], d.y_train[:n_train], d.x_test[:n_test], d.y_test[:n_test],
                      d.num_classes)
+
+
+def pytest_configure(config):
+    """Internal-error logs of the tests go to a temporary file, never into results/runs/."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("DAEBENCH_ERROR_LOG", str(Path(tempfile.mkdtemp()) / "daebench-error.log"))

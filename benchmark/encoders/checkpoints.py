@@ -318,6 +318,12 @@ def load_encoder_weights(encoder: Encoder, path: str | os.PathLike, key_map: dic
         raise _mismatch_error(module, p, missing, unexpected, shapes)
     for k in unexpected:
         extras[k] = weights.pop(k)
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(
+            f"Checkpoint '{p}' has NaN or infinite values in {len(broken)} weight tensor(s) "
+            f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): an encoder with them computes NaN "
+            f"features and chance accuracy. Use a checkpoint saved before training diverged.")
     try:
         module.load_state_dict(weights, strict=strict)
     except RuntimeError as err:  # should be caught above; never let torch's text escape raw

@@ -143,3 +143,31 @@ def unpack_branches(tensors: dict[str, torch.Tensor], meta: dict) -> list[nn.Mod
         load_model_state(model, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         models.append(model.eval())
     return models
+
+
+class FastEncoder(nn.Module):
+    """The encoder under bf16 autocast and/or channels-last input, returning float32
+    features, so every loss (GR, KL, cosines, CE) is computed in float32 whatever the
+    switches. It shares its parameters with the wrapped encoder: optimisers built on
+    either train the same weights."""
+
+    def __init__(self, encoder: nn.Module, amp: bool, channels_last: bool) -> None:
+        super().__init__()
+        self.encoder, self.amp, self.channels_last = encoder, amp, channels_last
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.encoder(x).float()
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The wrapped encoder's layer activations (layer-wise attacks), float32 too."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return {k: v.float() for k, v in self.encoder.forward_features(x).items()}

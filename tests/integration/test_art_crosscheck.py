@@ -34,6 +34,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+# Minutes on 2 cores (ART crafts UAP one image at a time): CI runs it in its slow pass.
+pytestmark = pytest.mark.slow
 pytest.importorskip("art")
 from art.attacks.evasion import ProjectedGradientDescent, UniversalPerturbation  # noqa: E402
 from art.estimators.classification import PyTorchClassifier  # noqa: E402

@@ -61,6 +61,7 @@ def ci_attack_results(tmp_path_factory):
     return _run_bundled("ci-attacks", tmp_path_factory)
 
 
+@pytest.mark.heavy  # every attack's crafting on the subsets: about 45 minutes on 2 AVX2 cores, beyond CI's budget
 def test_every_attack_beats_uniform_noise_on_a_real_encoder(ci_attack_results):
     """Contract on real data: each attack lowers the baseline's downstream accuracy
     more than uniform random noise of the same eps does."""

@@ -40,6 +40,7 @@ def serial_one_thread(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # about 30 s each on a 2-core AVX2 machine: CI's slow pass runs it
 def test_dask_local_cluster_runs_the_dag_once_into_the_same_store(serial_one_thread, tmp_path):
     from daebench.executors import DaskExecutor
 
@@ -124,6 +125,7 @@ def _daebench(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow  # about 30 s each on a 2-core AVX2 machine: CI's slow pass runs it
 def test_two_runs_racing_on_one_store_compute_each_artifact_once(tmp_path):
     config = write_grid(tmp_path / "micro.yaml")
     procs = [_daebench(str(config), "--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / f"runs{i}"))

@@ -215,16 +215,20 @@ def pretrain(
     history: list[float] = []
     step, started = 0, time.perf_counter()
     second = params.augment2 or params.augment
+    # The uint8 images go to the device once, and the loss is summed there: no host
+    # copy and no host synchronisation per step.
+    x_device = x_train.to(device)
+    y_device = y_train.to(device) if y_train is not None else None
     for epoch in tqdm(range(params.epochs), desc=f"pretrain:{method}", leave=False, disable=not progress):
         model.train()
         model.epoch = epoch
-        total_loss = 0.0
+        total_loss = torch.zeros((), device=device)
         for idx in batches(len(x_train), batch_size, generator, drop_last=True):
-            x = x_train[idx].to(device).float().div_(255)
+            x = x_device[idx.to(device)].float().div_(255)
             v1, v2 = augment(x, params.augment, generator), augment(x, second, generator)
             extra: dict[str, Any] = {}
             if model.uses_labels:
-                extra["labels"] = y_train[idx].to(device)
+                extra["labels"] = y_device[idx.to(device)]
             if params.local_crops:
                 extra["local_views"] = [augment(x, params.local_augment, generator, size=params.local_crop_size)
                                         for _ in range(params.local_crops)]
@@ -239,7 +243,7 @@ def pretrain(
             sched.step()
             model.after_step(step / total)  # steps before this one: solo-learn's momentum schedule
             step += 1
-            total_loss += float(loss.detach())
-        history.append(total_loss / steps_per_epoch)
+            total_loss += loss.detach().float()
+        history.append(float(total_loss) / steps_per_epoch)  # one synchronisation per epoch
     encoder.eval()
     return {"loss_history": history, "steps": step, "train_seconds": time.perf_counter() - started}
