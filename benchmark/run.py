@@ -221,7 +221,7 @@ def run_plan(grid: GridSpec, cache_dir: str | os.PathLike | None = None, executo
     check_device(grid.device)  # once, before anything runs: not once per stage
     store = ArtifactStore(cache_dir)
     plan = plan_grid(grid)
-    if any(store.status(n.stage, n.key) != "ok" for n in plan.nodes.values()):
+    if not all(store.exists(n.stage, n.key) for n in plan.nodes.values()):
         check_writable(store.root)  # a store that has everything may be read-only
     store.clean_stale_tmp()
     ctx = StageContext(device=grid.device, data_root=grid.data_root, download=grid.download,

@@ -126,6 +126,6 @@ def test_detection_accuracy_is_reported_for_a_defense_with_a_detector(micro_run,
 
 
 def test_load_run_reads_a_committed_record_without_parquet(tmp_path):
-    (tmp_path / "results.csv").write_text("defense,attack,RA\nnone,x,0.5\n")
+    (tmp_path / "results.csv").write_text("defense,attack,D_d,eps,BA,RA,ASR\nnone,x,d,0.04,0.6,0.5,0.2\n")
     run = load_run(tmp_path, tmp_path / "elsewhere")
     assert run.name == tmp_path.name and run.results.RA.iloc[0] == 0.5
