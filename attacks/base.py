@@ -168,6 +168,8 @@ class Attack(Configurable):
         for p in surrogate.parameters():
             p.requires_grad_(False)
         try:
+            # the images go to the device once (as uint8, a quarter of float32): batches index them there
+            x = x.to(self.device)
             x = to_float(x) if x.dtype == torch.uint8 else x.float()
             out = self.perturb(surrogate, x, generator)
             delta, report = out if isinstance(out, tuple) else (out, {})
@@ -283,7 +285,7 @@ class Attack(Configurable):
         The start is projected into [0, 1] and the eps ball before the first gradient
         unless `project_start` is off (the reference takes its first gradient at the raw start).
         """
-        out = torch.empty_like(x)
+        out = torch.empty(x.shape, dtype=x.dtype)  # on the host: the artifact is stored from there
         members = self.members(surrogate)
         project_start = getattr(self.params, "project_start", True)
         for idx in self.progress_bar(list(batches(len(x), self.params.batch_size)), "batches"):

@@ -40,7 +40,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
         return 0
     from daebench.config import parse_overrides
     from daebench.plan import standalone_encoder
-    from daebench.run import run_stage
+    from daebench.runner import run_stage
 
     overrides = parse_overrides(args.set)
     width = args.width or (16 if args.profile == "tiny" else 64)
@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     grid = load_grid(args.config)
     if args.device:
         grid = grid.model_copy(update={"device": args.device})
-    from daebench.run import check_device
+    from daebench.runner import check_device
 
     check_device(grid.device)
     if args.executor == "dask":
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.run_dir:
         print(f"results: {report.run_dir / 'results.csv'}")
     if report.failures:
-        from daebench.run import failure_message
+        from daebench.runner import failure_message
 
         print(f"\nerror: {failure_message(report)}", file=sys.stderr)
         return 1
@@ -381,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except DAEBenchError as err:
         message = str(err).rstrip()
+        if message.endswith("..") and not message.endswith("..."):  # a sentence that ended in a period, plus ours
+            message = message[:-1]
         print(f"error: {message if message.endswith(('.', '?', '!', ')')) else message + '.'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

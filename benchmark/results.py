@@ -28,7 +28,7 @@ from daebench.executors import Executor
 from daebench.paths import default_runs
 from daebench.plan import Cell, Plan, grid_hash
 from daebench.provenance import provenance
-from daebench.run import RunReport, failure_message, run_plan
+from daebench.runner import RunReport, failure_message, run_plan
 from daebench.store import ArtifactStore
 
 METRICS = ("BA", "RA", "ASR", "BA_batch_mean", "RA_batch_mean", "detection_accuracy", "detection_auroc")
@@ -41,7 +41,7 @@ def run_grid(
     executor: Executor | None = None, progress: bool = True, raise_on_failure: bool = True, recompute: Iterable[str] = (),
     estimate: dict[str, Any] | None = None,
 ) -> RunReport:
-    """Run a grid (`daebench.run.run_plan`), collect its results table and write its
+    """Run a grid (`daebench.runner.run_plan`), collect its results table and write its
     record under `runs_dir/<grid name>/` (None: no record); `recompute` as in `run_plan`. Raises `StageFailedError`
     after keeping every computed artifact when a stage failed, unless told not to."""
     report = run_plan(grid, cache_dir, executor, progress, recompute)

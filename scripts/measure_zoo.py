@@ -16,7 +16,7 @@ from daebench.config import parse_overrides
 from daebench.encoders.ssl import SSL_METHODS
 from daebench.plan import standalone_encoder
 from daebench.provenance import provenance
-from daebench.run import run_stage
+from daebench.runner import run_stage
 
 
 def main() -> None:

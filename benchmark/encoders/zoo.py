@@ -2,7 +2,7 @@
 
 Pre-training one encoder outside a grid is planned by `daebench.plan.standalone_encoder`
 (the very spec a grid naming the same recipe builds, so either one is a cache hit for
-the other) and run by `daebench.run.run_stage`; `daebench encoders pretrain` does both.
+the other) and run by `daebench.runner.run_stage`; `daebench encoders pretrain` does both.
 """
 
 from __future__ import annotations
