@@ -87,7 +87,7 @@ def estimate(grid: Any = "quick", *, device: str | None = None, calibration: str
              cache_dir: str | Path | None = None, gpus: int = 1, **overrides: Any):
     """`daebench estimate` as an object: `.total` (seconds on one device; divide by `gpus`
     for a spread), `.by_stage()`, `.stages`, `.describe(workers=gpus)`."""
-    from daebench.estimate import estimate_grid
+    from daebench.estimator import estimate_grid
 
     if not isinstance(gpus, int) or gpus < 1:
         raise DAEBenchError(f"gpus={gpus!r}: the number of devices the grid is spread over must be at least 1.")

@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor = JoblibExecutor(args.workers)
     estimate = None
     if not args.no_estimate:
-        from daebench.estimate import estimate_grid
+        from daebench.estimator import estimate_grid
 
         estimate = estimate_grid(grid, cache_dir=args.cache_dir)
         print(estimate.describe(workers=args.workers, top=3), flush=True)
@@ -150,7 +150,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from daebench.config import load_grid
-    from daebench.estimate import estimate_grid
+    from daebench.estimator import estimate_grid
 
     grid = load_grid(args.config)
     if args.gpus < 1:

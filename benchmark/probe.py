@@ -121,7 +121,7 @@ def _bf16(device: str) -> bool:
 
 def measure_ceiling(settings: ProbeSettings, device: str) -> list[dict[str, Any]]:
     from daebench.encoders.backbones import default_conv1_padding
-    from daebench.estimate import measure
+    from daebench.estimator import measure
 
     rows = []
     for size in settings.image_sizes:
@@ -333,7 +333,7 @@ def compare_with_record(settings: ProbeSettings, grid: dict[str, Any]) -> dict[s
 # -- 5. calibration and estimates -----------------------------------------------------------
 def estimate_on_device(settings: ProbeSettings, device: str) -> list[dict[str, Any]]:
     from daebench.config import load_grid
-    from daebench.estimate import Calibration, calibrate, encoder_configs, estimate_plan
+    from daebench.estimator import Calibration, calibrate, encoder_configs, estimate_plan
     from daebench.plan import plan_grid
 
     calibration = Calibration(device)

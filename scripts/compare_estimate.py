@@ -14,7 +14,7 @@ import re
 from collections import Counter, defaultdict
 
 from daebench.config import load_grid
-from daebench.estimate import estimate_grid
+from daebench.estimator import estimate_grid
 
 LINE = re.compile(r"\] done: (.*) \(([\d.]+) s\)$")
 

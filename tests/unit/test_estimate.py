@@ -8,7 +8,7 @@ import pytest
 
 from daebench.config import parse_grid
 from daebench.errors import ConfigError
-from daebench.estimate import Calibration, config_key, estimate_grid, forward_flops, stage_config, stage_work, _Sizes
+from daebench.estimator import Calibration, config_key, estimate_grid, forward_flops, stage_config, stage_work, _Sizes
 from daebench.plan import plan_grid
 from daebench.plugins import Work
 from tests.conftest import MICRO_GRID
@@ -16,7 +16,7 @@ from tests.conftest import MICRO_GRID
 
 def _fixed_calibration(grid, plan, train: float = 1e-3, forward: float = 2e-4) -> Calibration:
     """A calibration with round numbers, so an estimate can be computed by hand."""
-    from daebench.estimate import encoder_configs
+    from daebench.estimator import encoder_configs
 
     cal = Calibration("test-device")
     for config in encoder_configs(plan, grid):

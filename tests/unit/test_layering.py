@@ -19,7 +19,7 @@ LAYERS = [
               "daebench.metrics", "daebench.provenance", "daebench.encoders", "daebench.imagefolder"]),
     ("plugins", ["daebench.attacks", "daebench.defenses"]),
     ("plan and stages", ["daebench.config", "daebench.specs", "daebench.plan", "daebench.stages", "daebench.executors"]),
-    ("run", ["daebench.runner", "daebench.estimate"]),
+    ("run", ["daebench.runner", "daebench.estimator"]),
     ("results", ["daebench.results"]),
     ("report", ["daebench.report", "daebench.paper"]),
     ("CLI and API", ["daebench.cli", "daebench.api", "daebench.probe", "daebench"]),

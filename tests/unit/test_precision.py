@@ -56,7 +56,7 @@ def test_a_plugins_own_switch_wins_over_the_grid():
 
 
 def test_estimates_for_a_gpu_calibration_plan_the_gpus_precision():
-    from daebench.estimate import Calibration, estimate_grid
+    from daebench.estimator import Calibration, estimate_grid
 
     grid = parse_grid({**MICRO_GRID, "device": "cpu"})
     cal = Calibration("cuda", configs={"resnet18/w8/p2/16px/bf16-cl": {"train": 1e-4, "forward": 1e-5}},
