@@ -27,12 +27,13 @@ def test_bundled_grids_validate(name, monkeypatch, tmp_path):
         monkeypatch.chdir(tmp_path)  # the grid's checkpoint paths are relative to where daebench runs
     else:
         monkeypatch.chdir(REPO)  # the ci grids' npz paths are relative to the repo root
-    if name.startswith("ci"):
+    if name.startswith("ci") or name == "full-cifar10":  # grids on ../shared/data
         from tests.conftest import shared_file
 
         shared_file("cifar10-subset.npz")
-        shared_file("gtsrb-subset.npz")
-        if name == "ci-full":
+        if name.startswith("ci"):
+            shared_file("gtsrb-subset.npz")
+        if name in ("ci-full", "full-cifar10"):
             shared_file("cifar10-jpeg")
     grid = load_grid(name)
     assert grid.name == name
