@@ -60,13 +60,10 @@ def run(grid: Any = "quick", *, cache_dir: str | Path | None = None, runs_dir: s
     results table (one row per cell), as `daebench run` does. Cached artifacts are reused."""
     from daebench.executors import JoblibExecutor
     from daebench.results import run_grid
-    from daebench.runner import check_device
-
     if not isinstance(workers, int) or workers < 1:
         raise DAEBenchError(f"workers={workers!r}: the number of stages run in parallel must be a whole number "
                             f"of at least 1.")
-    spec = _grid(grid, overrides)
-    check_device(spec.device)
+    spec = _grid(grid, overrides)  # the device is checked by the runner, before anything runs
     report = run_grid(spec, cache_dir=cache_dir, runs_dir=runs_dir, executor=JoblibExecutor(workers),
                       progress=progress)
     return report.results

@@ -164,17 +164,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    from dataclasses import fields, replace
 
     from daebench.probe import ProbeSettings, check_settings, run_probe
 
-    settings = ProbeSettings()
-    changes = {}
-    for f in fields(ProbeSettings):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            changes[f.name] = tuple(value) if isinstance(f.default, tuple) else value
-    settings = ProbeSettings(**{**settings.__dict__, **changes})
+    given = {f.name: getattr(args, f.name) for f in fields(ProbeSettings) if getattr(args, f.name, None) is not None}
+    settings = replace(ProbeSettings(), **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
     check_settings(settings)
     out = Path(args.out)
     report = run_probe(settings, out)

@@ -280,9 +280,8 @@ NPZ_EXPECTED = ("x_train (N,H,W,3) uint8, y_train (N,) integer labels, x_test (M
                 "labels, N and M at least 1, labels 0..C-1 with every class in the training split")
 
 
-def _npz_headers(path: Path) -> tuple[dict[str, tuple[np.dtype, tuple[int, ...]]], dict[str, np.ndarray]]:
-    """Each array's dtype and shape (read from its header, the images never decoded) and
-    the label arrays themselves (small)."""
+def npz_array_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Each array's dtype and shape, read from its header: the images are never decoded."""
     import zipfile
 
     headers: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
@@ -295,16 +294,16 @@ def _npz_headers(path: Path) -> tuple[dict[str, tuple[np.dtype, tuple[int, ...]]
                 read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read(f)
             headers[member[:-4]] = (dtype, shape)
-    with np.load(path, allow_pickle=False) as f:
-        labels = {k: f[k] for k in ("y_train", "y_test") if k in headers}
-    return headers, labels
+    return headers
 
 
 def npz_problem(path: Path) -> str | None:
     """What is wrong with an npz dataset file, as one sentence naming the file, or None.
     Reads array headers and labels only, so `daebench validate` can afford it for every file."""
     try:
-        headers, labels = _npz_headers(path)
+        headers = npz_array_headers(path)
+        with np.load(path, allow_pickle=False) as f:  # the labels are small: read whole
+            labels = {k: f[k] for k in ("y_train", "y_test") if k in headers}
     except Exception as err:  # not a zip, truncated, a pickled object array, ...
         return f"dataset file {path} cannot be read as .npz ({type(err).__name__}: {err}); expected {NPZ_EXPECTED}"
     missing = [k for k in NPZ_KEYS if k not in headers]

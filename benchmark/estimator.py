@@ -111,14 +111,18 @@ def measure(config: dict[str, Any], device: str, batch: int, seconds: float = 0.
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     autocast = functools.partial(torch.autocast, device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=fast)
 
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     def timed(step) -> float:
-        step()  # warm-up
+        step()  # warm-up, finished before the clock starts
+        sync()
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or done < 2:
             step()
             done += 1
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync()
         return (time.perf_counter() - start) / (done * batch)
 
     def train_step() -> None:
@@ -182,17 +186,10 @@ class _Sizes:
         from daebench.data import NPZ_PREFIX, default_data_root, load_dataset
 
         if source.startswith(NPZ_PREFIX):
-            import zipfile
+            from daebench.data import npz_array_headers
 
-            import numpy as np
-
-            with zipfile.ZipFile(source[len(NPZ_PREFIX):]) as z:
-                def rows(name: str) -> int:
-                    with z.open(f"{name}.npy") as f:
-                        major, _ = np.lib.format.read_magic(f)
-                        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                        return read(f)[0][0]
-                return rows("y_train"), rows("y_test")
+            headers = npz_array_headers(Path(source[len(NPZ_PREFIX):]))
+            return headers["y_train"][1][0], headers["y_test"][1][0]
         if source.startswith(imagefolder.PREFIX):
             _, files = imagefolder.listing(imagefolder.tree_root(source))
             return sum(f[0] == "train" for f in files), sum(f[0] != "train" for f in files)

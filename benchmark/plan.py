@@ -135,11 +135,11 @@ class PluginResolver:
     def _with_precision(self, cls: type[Configurable], profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
         """The precision switches the grid decides: only where the plugin has them and
         neither its profile nor the grid's params set them."""
-        fields = cls.Params.model_fields
-        profile_values = cls.profiles.get(profile, {})
-        switches = {k: self.bf16 for k in ("amp", "channels_last")
-                    if k in fields and k not in overrides and k not in profile_values}
-        return {**switches, **overrides} if self.bf16 else overrides
+        if not self.bf16:  # float32: the plugins' defaults (their switches off)
+            return overrides
+        decided = {**cls.profiles.get(profile, {}), **overrides}
+        return {**{k: True for k in ("amp", "channels_last") if k in cls.Params.model_fields and k not in decided},
+                **overrides}
 
 
 def bf16_by_default(precision: str, device: str) -> bool:

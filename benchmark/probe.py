@@ -144,8 +144,8 @@ def _ceiling_at(ceiling: list[dict[str, Any]], size: int, batch: int) -> dict[st
 
 # -- 2. the stages --------------------------------------------------------------------------
 def _slice(settings: ProbeSettings):
-    """The stages' data: the JPEG tree's first `stage_images` training (and test) images
-    when the tree is there, else digits (so a CPU test needs no files)."""
+    """The stages' data: `stage_images` training (and test) images drawn with seed 0 from
+    the JPEG tree when it is there, else from digits (so a CPU test needs no files)."""
     from daebench import imagefolder
     from daebench.data import ImageData, load_dataset
 
@@ -170,15 +170,15 @@ def measure_stages(settings: ProbeSettings, device: str, ceiling: list[dict[str,
     from daebench.attacks import ATTACKS
     from daebench.defenses import DEFENSES
     from daebench.encoders.backbones import build_encoder, default_conv1_padding
-    from daebench.encoders.models import FastEncoder
     from daebench.encoders.ssl import SSL_METHODS
     from daebench.encoders.ssl.base import pretrain
-    from daebench.stages import encode_images
+    from daebench.stages import encode_images, with_precision
 
     source, data = _slice(settings)
     torch_device = torch.device(device)
     bf16 = _bf16(device)
     switches = {"amp": bf16, "channels_last": bf16}
+    precision = "bf16" if bf16 else None  # the craft and features specs' field
     size = settings.stage_image_size
     padding = default_conv1_padding("resnet18")
 
@@ -219,8 +219,7 @@ def measure_stages(settings: ProbeSettings, device: str, ceiling: list[dict[str,
     # crafting: EmbedAttack's per-sample PGD on the test slice, against a bf16 surrogate where bf16
     attack_cls = ATTACKS.get("embedattack")
     attack_params = attack_cls.resolve_params("paper")
-    surrogate = encoder().eval()
-    fast = FastEncoder(surrogate.to(memory_format=torch.channels_last), True, True) if bf16 else surrogate
+    fast = with_precision(encoder().eval(), precision)
     m = len(data.x_test)
 
     def craft_on(images: int) -> None:
@@ -248,7 +247,7 @@ def measure_stages(settings: ProbeSettings, device: str, ceiling: list[dict[str,
     # features: one forward per image at the features stage's batch
     from daebench.plugins import Work
 
-    extractor = FastEncoder(encoder().to(memory_format=torch.channels_last), True, True) if bf16 else encoder()
+    extractor = with_precision(encoder(), precision)
 
     def features_on(images: int) -> None:
         encode_images(extractor, data.x_test[:images], torch_device, 512)

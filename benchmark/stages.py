@@ -119,7 +119,7 @@ def run_craft(ctx: StageContext, spec: CraftSpec, inputs: dict[str, Artifact]) -
 
     # One surrogate (semi-black-box, transfer) or several (white-box: every public
     # encoder the defense uses), in the order the planner listed them.
-    surrogates = [_fast(_encoders(inputs[role])[0], spec.precision) for role in spec.inputs()]
+    surrogates = [with_precision(_encoders(inputs[role])[0], spec.precision) for role in spec.inputs()]
     surrogate = surrogates[0] if len(surrogates) == 1 else SurrogateEnsemble(surrogates)
     data = ctx.dataset(spec.data)
     started = time.perf_counter()
@@ -165,7 +165,7 @@ def run_features(ctx: StageContext, spec: FeaturesSpec, inputs: dict[str, Artifa
     delta = inputs["perturbation"].tensors["delta"] if "perturbation" in inputs else None
     out = {"labels": y.clone()}
     for i, encoder in enumerate(branches):
-        out[f"branch{i}"] = encode_images(_fast(encoder, spec.precision), x, ctx.torch_device, ctx.batch_size, delta,
+        out[f"branch{i}"] = encode_images(with_precision(encoder, spec.precision), x, ctx.torch_device, ctx.batch_size, delta,
                                           True if spec.clamp is None else spec.clamp)
     meta = {"num_classes": data.num_classes, "n": len(y), "feature_dims": [e.feature_dim for e in branches]}
     fusion = Fusion.recorded(inputs["model"].meta)
@@ -214,7 +214,7 @@ def run_evaluate(ctx: StageContext, spec: EvaluateSpec, inputs: dict[str, Artifa
 
 
 # -- helpers ------------------------------------------------------------------------------
-def _fast(encoder: torch.nn.Module, precision: str | None) -> torch.nn.Module:
+def with_precision(encoder: torch.nn.Module, precision: str | None) -> torch.nn.Module:
     """The encoder as the spec's precision runs it: bf16 autocast + channels-last (float32
     features out), or itself (float32)."""
     if precision is None:
