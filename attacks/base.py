@@ -128,6 +128,8 @@ class Attack(Configurable):
 
     Params: ClassVar[type[AttackParams]] = AttackParams
     universal: ClassVar[bool] = True
+    #: a control (it learns nothing about the encoder): reports show it apart, never averaged in
+    control: ClassVar[bool] = False
 
     def __init__(self, params: AttackParams, eps: float, seed: int = 0, device: torch.device | str = "cpu",
                  progress: bool = False) -> None:

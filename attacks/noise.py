@@ -18,6 +18,7 @@ class UniformNoise(Attack):
 
     Params = AttackParams
     universal = False
+    control = True
     profile_free = True
 
     def perturb(self, surrogate, x, generator):

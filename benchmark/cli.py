@@ -237,6 +237,15 @@ def cmd_plots(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from daebench.report.leaderboard import update
 
+    from daebench.report.leaderboard import reproduction_problems
+
+    if args.reproduce:
+        problems = reproduction_problems(args.reproduce, Path(args.file), Path(args.runs_dir))
+        if problems:
+            print(f"run '{args.reproduce}' does not reproduce its record in {args.file} ({len(problems)} cell(s)):\n  "
+                  + "\n  ".join(problems[:20]), file=sys.stderr)
+            return 1
+        print(f"run '{args.reproduce}' reproduces its record in {args.file} (BA, RA, ASR to 0.1 point).")
     changed, _ = update(Path(args.file), Path(args.runs_dir), args.runs or None, check=args.check)
     if args.check:
         if changed:
@@ -335,10 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     plo.set_defaults(fn=cmd_plots)
 
     lead = sub.add_parser("leaderboard", help="rebuild the generated section of leaderboard.md")
-    lead.add_argument("runs", nargs="*", help="runs to rank (default: those the file's start marker names)")
+    lead.add_argument("runs", nargs="*", help="records (directories such as results/measured/RECORD) or run names "
+                      "to rank (default: those the file's start marker names)")
     lead.add_argument("--file", default="leaderboard.md")
     lead.add_argument("--runs-dir", default=str(DEFAULT_RUNS))
     lead.add_argument("--check", action="store_true", help="exit 1 if the file is stale; write nothing")
+    lead.add_argument("--reproduce", metavar="RUN", help="also exit 1 unless RUN (e.g. a fresh `ci` run) equals the "
+                      "ranked record of the same grid")
     lead.set_defaults(fn=cmd_leaderboard)
 
     pro = sub.add_parser("probe", help="measure this device: ceiling, stages, a grid end to end, estimates (one JSON)")

@@ -71,7 +71,9 @@ def test_leaderboard_rewrites_only_its_section_and_check_detects_staleness(micro
     # ranked by mean RA: pgd_at above none on the micro grid, each with its mean RA shown
     res = report.results
     means = res.groupby("defense").RA.mean()
-    ranked = [line.split("|")[2].strip() for line in text.splitlines() if line.startswith("| ") and "rank" not in line]
+    defenses_table = text.split("Attacks, strongest first")[0]
+    ranked = [line.split("|")[2].strip() for line in defenses_table.splitlines()
+              if line.startswith("| ") and "rank" not in line]
     assert ranked == list(means.sort_values(ascending=False).index)
     assert f"{100 * means['none']:.1f}" in text
     board.write_text(text.replace(f"{100 * means['none']:.1f}", "99.9"))
