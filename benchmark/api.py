@@ -38,8 +38,9 @@ def boundary(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _grid(grid: Any, overrides: dict[str, Any]):
+def _grid(grid: Any, overrides: dict[str, Any], only: Any = None):
     from daebench.config import GridSpec, load_grid, parse_grid
+    from daebench.slicing import slice_grid
 
     if isinstance(grid, GridSpec):
         spec = grid
@@ -49,21 +50,22 @@ def _grid(grid: Any, overrides: dict[str, Any]):
         spec = load_grid(str(grid))
     if overrides:  # re-validated whole, so an override gets the grid file's clear errors
         spec = parse_grid({**spec.model_dump(mode="json"), **overrides}, where=f"(grid '{spec.name}' with overrides)")
-    return spec
+    return slice_grid(spec, only)
 
 
 @boundary
 def run(grid: Any = "quick", *, cache_dir: str | Path | None = None, runs_dir: str | Path | None = "default",
-        workers: int = 1, progress: bool = False, **overrides: Any):
+        workers: int = 1, progress: bool = False, only: dict[str, Any] | list[str] | None = None, **overrides: Any):
     """Run a grid (a bundled name, a YAML path, a dict or a GridSpec; keyword arguments
     override its top-level keys, e.g. `eps=["8/255"]`, `device="cuda"`) and return its
-    results table (one row per cell), as `daebench run` does. Cached artifacts are reused."""
+    results table (one row per cell), as `daebench run` does. Cached artifacts are reused.
+    `only` runs a slice, as `--only` does: `only={"attack": "embedattack", "defense": ["zepad", "none"]}`."""
     from daebench.executors import JoblibExecutor
     from daebench.results import run_grid
     if not isinstance(workers, int) or workers < 1:
         raise DAEBenchError(f"workers={workers!r}: the number of stages run in parallel must be a whole number "
                             f"of at least 1.")
-    spec = _grid(grid, overrides)  # the device is checked by the runner, before anything runs
+    spec = _grid(grid, overrides, only)  # the device is checked by the runner, before anything runs
     report = run_grid(spec, cache_dir=cache_dir, runs_dir=runs_dir, executor=JoblibExecutor(workers),
                       progress=progress)
     return report.results
@@ -81,11 +83,12 @@ def load_results(run: str | Path, runs_dir: str | Path | None = None):
 
 @boundary
 def estimate(grid: Any = "quick", *, device: str | None = None, calibration: str | Path | None = None,
-             cache_dir: str | Path | None = None, gpus: int = 1, **overrides: Any):
+             cache_dir: str | Path | None = None, gpus: int = 1, only: dict[str, Any] | list[str] | None = None,
+             **overrides: Any):
     """`daebench estimate` as an object: `.total` (seconds on one device; divide by `gpus`
     for a spread), `.by_stage()`, `.stages`, `.describe(workers=gpus)`."""
     from daebench.estimator import estimate_grid
 
     if not isinstance(gpus, int) or gpus < 1:
         raise DAEBenchError(f"gpus={gpus!r}: the number of devices the grid is spread over must be at least 1.")
-    return estimate_grid(_grid(grid, overrides), device=device, calibration=calibration, cache_dir=cache_dir)
+    return estimate_grid(_grid(grid, overrides, only), device=device, calibration=calibration, cache_dir=cache_dir)

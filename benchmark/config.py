@@ -39,6 +39,12 @@ def parse_fraction(value: Any) -> float:
     return float(value)
 
 
+def format_eps(eps: float) -> str:
+    """eps as people write it: 10/255 for a multiple of 1/255, else its decimal value."""
+    scaled = eps * 255
+    return f"{round(scaled)}/255" if abs(scaled - round(scaled)) < 1e-6 else f"{eps:.4g}"
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`--set KEY=VALUE` command-line items as parameter overrides, each value read as YAML
     (so `epochs=5` is an int and `amp=true` a bool, as they would be in a grid file)."""

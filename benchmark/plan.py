@@ -16,7 +16,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from daebench.config import EncoderSpec, GridSpec, PluginSpec
+from daebench.config import EncoderSpec, GridSpec, PluginSpec, format_eps
 from daebench.data import dataset_fingerprint
 from daebench.encoders.backbones import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from daebench.plugins import Configurable, Params
@@ -243,7 +243,7 @@ class _Planner:
         spec = CraftSpec(attack=attack.name, version=cls.version, params=params.model_dump(), eps=eps, seed=seed,
                          data=self.data.spec(target), ensemble=ensemble, precision=self.precision,
                          surrogates=tuple(surrogates))
-        return self.plan.add(spec, f"craft {attack.display} ({scenario}) eps={eps:.4f} on {target}")
+        return self.plan.add(spec, f"craft {attack.display} ({scenario}) eps={format_eps(eps)} on {target}")
 
     def auxiliaries(self, defense: PluginSpec, victim: EncoderSpec, d_f: str, seed: int) -> tuple[list[Ref], list[Ref]]:
         """The extra encoders a defense uses, all of them and the public ones."""

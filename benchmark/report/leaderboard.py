@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from daebench.config import format_eps
 from daebench.errors import DAEBenchError
 from daebench.results import RunRecord, load_run
 
@@ -196,7 +197,7 @@ def _record_link(run: RunRecord) -> str:
 def run_section(run: RunRecord) -> str:
     df = run.results
     ranked = rank_defenses(df)
-    eps = ", ".join(f"{e * 255:.0f}/255" for e in sorted(df.eps.unique()))
+    eps = ", ".join(format_eps(e) for e in sorted(df.eps.unique()))
     first = df.iloc[0]
     info = run.info
     commit = str(info.get("git_commit") or first.get("git_commit", "?"))[:10]

@@ -21,7 +21,7 @@ def _python_blocks(section: str) -> list[str]:
 
 
 def test_the_adding_a_plugin_examples_run():
-    defense, attack = _python_blocks("Adding a plugin")
+    defense, attack, dataset = _python_blocks("Adding a plugin")
     check = textwrap.dedent("""
         import torch
         from daebench.attacks import ATTACKS
@@ -40,8 +40,17 @@ def test_the_adding_a_plugin_examples_run():
         attack = cls(cls.resolve_params("tiny", {"batch_size": 32}), eps=10 / 255)
         delta, report = attack.craft(victim, data.x_train)
         assert delta.shape == (1, 3, 16, 16) and 0 < delta.abs().max() <= 10 / 255 + 1e-7
+        import tempfile, pathlib, numpy as np
+        from daebench.data import DATASETS
+        root = pathlib.Path(tempfile.mkdtemp())
+        rng = np.random.default_rng(0)
+        np.savez(root / "my_scans.npz", x_train=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+                 y_train=np.arange(8) % 4, x_test=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+                 y_test=np.arange(4))
+        scans = DATASETS.get("my_scans")(root, False)
+        assert scans.x_train.shape == (8, 3, 32, 32) and scans.num_classes == 4
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", defense + "\n" + attack + "\n" + check], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", defense + "\n" + attack + "\n" + dataset + "\n" + check], capture_output=True,
                          text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
