@@ -52,6 +52,13 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sliced(grid, args: argparse.Namespace):
+    """The grid narrowed by `--only KEY=V[,V...]` (each stage keeps its key, so the cache is shared)."""
+    from daebench.slicing import slice_grid
+
+    return slice_grid(grid, getattr(args, "only", None))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from daebench.config import load_grid
     from daebench.executors import JoblibExecutor
@@ -59,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daebench.runtime import configure_threads
 
     configure_threads()
+    if not args.no_progress and not sys.stderr.isatty():  # a log file or a pipe: bars would be noise
+        args.no_progress = True
     if args.no_progress:  # one line per finished stage instead of bars (CI logs)
         import logging
 
@@ -67,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bad = f"--workers {args.workers}" if args.workers < 1 else f"--workers-per-gpu {args.workers_per_gpu}"
         raise DAEBenchError(f"{bad}: the number of stages run in parallel must be a whole number of at least 1 "
                             f"(1, the default, runs every stage in this process with every core).")
-    grid = load_grid(args.config)
+    grid = _sliced(load_grid(args.config), args)
     if args.device:
         grid = grid.model_copy(update={"device": args.device})
     from daebench.runner import check_device
@@ -114,18 +123,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    import shutil
+    import textwrap
+
     registries = _registries()
     kinds = [args.kind] if args.kind else list(LISTABLE)
+    rows = {kind: [] for kind in kinds}
     for kind in kinds:
         reg = registries[kind]
-        print(f"{kind}:")
-        width = max((len(n) for n in reg.names()), default=0) + 2
         for name in reg.names():
             obj = reg.get(name)
             doc = (obj.__doc__ or "").strip().splitlines()
             profiles = getattr(obj, "profile_names", None)
-            extra = f"  [profiles: {', '.join(profiles())}]" if profiles else ""
-            print(f"  {name:<{width}}{doc[0] if doc else ''}{extra}")
+            rows[kind].append((name, ", ".join(profiles()) if profiles else "", doc[0] if doc else ""))
+    # one set of columns for every kind, so long names never push a row out of line
+    name_w = max((len(r[0]) for rs in rows.values() for r in rs), default=4) + 2
+    prof_w = max((len(r[1]) for rs in rows.values() for r in rs), default=0) + 2
+    indent = 2 + name_w + prof_w
+    width = max(indent + 30, shutil.get_terminal_size((120, 24)).columns)
+    print(f"  {'name':<{name_w}}{'profiles':<{prof_w}}description")
+    for kind in kinds:
+        print(f"{kind}:")
+        for name, profiles, doc in rows[kind]:
+            lines = textwrap.wrap(doc, width - indent) or [""]
+            print(f"  {name:<{name_w}}{profiles:<{prof_w}}{lines[0]}".rstrip())
+            for line in lines[1:]:
+                print(" " * indent + line)
     return 0
 
 
@@ -133,7 +156,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from daebench.config import load_grid
     from daebench.plan import plan_grid
 
-    grid = load_grid(args.config)
+    grid = _sliced(load_grid(args.config), args)
     plan = plan_grid(grid) if args.plan else None
     cells = len(plan.cells) if plan else grid.cell_count()
     print(f"{args.config}: valid grid '{grid.name}' with {cells} cells"
@@ -152,7 +175,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from daebench.config import load_grid
     from daebench.estimator import estimate_grid
 
-    grid = load_grid(args.config)
+    grid = _sliced(load_grid(args.config), args)
     if args.gpus < 1:
         raise DAEBenchError(f"--gpus {args.gpus}: the number of devices the grid is spread over must be at least 1.")
     estimate = estimate_grid(grid, device=args.device, calibration=args.calibration, cache_dir=args.cache_dir,
@@ -227,7 +250,7 @@ def cmd_plots(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.runs_dir)
     names = [PLOTS.check(n) for n in args.plot] if args.plot else None
     out = Path(args.out) if args.out else default_reports() / run.name / "plots"
-    files, skipped = write_plots(run, out, names, **_context(args))
+    files, skipped = write_plots(run, out, names, encoder=args.encoder, **_context(args))
     print(f"{len(files)} files in {out}")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
@@ -257,6 +280,20 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_records(args: argparse.Namespace) -> int:
+    from daebench.report.records import update
+
+    changed, _ = update(Path(args.file), Path(args.measured), check=args.check)
+    if args.check:
+        if changed:
+            print(f"{args.file}'s index is stale: run `daebench records` and commit it.", file=sys.stderr)
+            return 1
+        print(f"{args.file}'s index is up to date.")
+        return 0
+    print(f"{args.file} {'rewritten' if changed else 'already up to date'}.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from daebench.paths import default_cache, default_runs
 
@@ -268,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a grid (default: the embedded quick grid)")
     run.add_argument("config", nargs="?", default="quick", help="bundled grid name (quick, ci, paper) or a YAML path")
+    run.add_argument("--only", action="append", metavar="KEY=V[,V...]", help="run a slice of the grid: keys attack, "
+                     "defense, encoder, D_d, D_f, eps, seed, scenario; repeatable (e.g. --only attack=embedattack "
+                     "--only defense=zepad,none)")
     run.add_argument("--workers", type=int, default=1, help="stages run in parallel (joblib processes; dask: local workers)")
     run.add_argument("--executor", choices=["joblib", "dask"], default="joblib",
                      help="joblib (this machine) or dask (a LocalCluster, or --scheduler)")
@@ -285,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     est = sub.add_parser("estimate", help="the predicted wall time of a grid, before running it")
     est.add_argument("config", nargs="?", default="quick", help="bundled grid name or a YAML path")
+    est.add_argument("--only", action="append", metavar="KEY=V[,V...]", help="run a slice of the grid: keys attack, "
+                     "defense, encoder, D_d, D_f, eps, seed, scenario; repeatable (e.g. --only attack=embedattack "
+                     "--only defense=zepad,none)")
     est.add_argument("--device", help="device to calibrate on now (default: the grid's)")
     est.add_argument("--gpus", type=int, default=1, help="devices the grid is spread over (divides the total)")
     est.add_argument("--calibration", help="a saved calibration (JSON) of another device, e.g. a GPU's")
@@ -315,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="validate a grid config without running it")
     val.add_argument("config")
+    val.add_argument("--only", action="append", metavar="KEY=V[,V...]", help="run a slice of the grid: keys attack, "
+                     "defense, encoder, D_d, D_f, eps, seed, scenario; repeatable (e.g. --only attack=embedattack "
+                     "--only defense=zepad,none)")
     val.add_argument("--plan", action="store_true", help="also expand the stage DAG (reads dataset files to hash them)")
     val.set_defaults(fn=cmd_validate)
 
@@ -341,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     plo = sub.add_parser("plots", help="draw the paper's figures (PNG + PDF) from a run")
     context_options(plo)
     plo.add_argument("--plot", action="append", help="only this plot (repeatable)")
+    plo.add_argument("--encoder", help="only this victim encoder (default: every one, a panel each)")
     plo.set_defaults(fn=cmd_plots)
 
     lead = sub.add_parser("leaderboard", help="rebuild the generated section of leaderboard.md")
@@ -352,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     lead.add_argument("--reproduce", metavar="RUN", help="also exit 1 unless RUN (e.g. a fresh `ci` run) equals the "
                       "ranked record of the same grid")
     lead.set_defaults(fn=cmd_leaderboard)
+
+    rec = sub.add_parser("records", help="rebuild the index of committed records in results/README.md")
+    rec.add_argument("--file", default="results/README.md")
+    rec.add_argument("--measured", default="results/measured", help="the directory of records")
+    rec.add_argument("--check", action="store_true", help="exit 1 if the index is stale; write nothing")
+    rec.set_defaults(fn=cmd_records)
 
     pro = sub.add_parser("probe", help="measure this device: ceiling, stages, a grid end to end, estimates (one JSON)")
     pro.add_argument("--out", default="probe.json", help="the JSON written (default %(default)s)")
