@@ -47,6 +47,7 @@ class TableContext:
     fine_tune: str | None = None
     downstream: str | None = None
     sweep: str | None = None  # the defense parameter of Table S5 (ZePAD's lambda)
+    encoder: str | None = None  # the victim encoder figures show (None: every one, a panel each)
 
     @classmethod
     def defaults(cls, df: pd.DataFrame, **overrides: str | float | None) -> "TableContext":
@@ -58,11 +59,15 @@ class TableContext:
             fine_tune=given.get("fine_tune") or _first(df, "D_f"),
             downstream=given.get("downstream") or _first(df, "D_d"),
             sweep=given.get("sweep") or _default_sweep(df, given.get("defense") or _default_defense(df)),
+            encoder=given.get("encoder"),
         )
 
-    def describe(self) -> str:
+    def describe(self, df: pd.DataFrame | None = None) -> str:
+        """The context in words; given the rows, also which variant "ours" is when the
+        defense's family has several in them (the full method or an ablation)."""
         eps = f"{self.eps * 255:.0f}/255" if self.eps else "any"
-        return f"ours = {self.defense} (vs baseline {BASELINE}), attack = {self.attack}, eps = {eps}"
+        which = _which_variant(df, self.defense) if df is not None and not df.empty else ""
+        return f"ours = {self.defense} (vs baseline {BASELINE}), attack = {self.attack}, eps = {eps}{which}"
 
 
 @dataclass
@@ -102,11 +107,64 @@ def _default_defense(df: pd.DataFrame) -> str:
     names = set(df.get("defense_name", df["defense"]))
     if "zepad" in names:
         labels = list(dict.fromkeys(df.loc[df.get("defense_name", df["defense"]) == "zepad", "defense"]))
-        return "zepad" if "zepad" in labels else labels[0]  # the plain entry, not an ablation variant
+        return full_method(df, labels[0]) or labels[0]  # the full method, not an ablation variant
     others = df[df.defense != BASELINE]
     if others.empty:
         return BASELINE
     return str(others.groupby("defense")["RA"].mean().idxmax())
+
+
+#: the paper's names of a defense's switches (its Table 5 / S5 settings) -> the defense's parameters
+PARAM_ALIASES = {"adv_ft": "adversarial_fine_tuning", "mpae": "mpae_branch", "bmp": "bmp_branch", "lambda": "lam"}
+
+
+def _param_defaults(defense_name: str) -> dict[str, object]:
+    """The registered defense's declared parameter defaults ({} for one not installed here)."""
+    try:
+        from daebench.defenses import DEFENSES
+
+        fields = DEFENSES.get(defense_name).Params.model_fields
+    except Exception:  # an unknown plugin, or a paper row naming a defense this install lacks
+        return {}
+    return {k: f.get_default(call_default_factory=True) for k, f in fields.items() if not f.is_required()}
+
+
+def _same_value(value: object, default: object) -> bool:
+    if isinstance(default, bool):
+        return str(value).strip().lower() in (("1", "true", "yes", "on") if default else ("0", "false", "no", "off"))
+    if isinstance(default, (int, float)):
+        try:
+            return math.isclose(float(value), float(default))
+        except (TypeError, ValueError):
+            return False
+    return value == default
+
+
+def full_method(df: pd.DataFrame, defense: str) -> str | None:
+    """The full method of the family `defense` belongs to: its unlabelled member (the label is
+    the defense's own name), else the variant whose parameters that vary across the family all
+    equal the defense's defaults (the paper's Table 5 `adv_ft=1;mpae=1;bmp=1`, S3 `fusion=rfdm`,
+    S5 `lambda=20`); None when no variant is at the defaults."""
+    family = _family(df, defense)
+    labels = list(dict.fromkeys(family.defense))
+    if not labels:
+        return None
+    name = str(family.defense_name.iloc[0]) if "defense_name" in family else defense
+    if name in labels or len(labels) == 1:
+        return name if name in labels else labels[0]
+    if "defense_params" not in family:
+        return None
+    params = {label: json.loads(family.loc[family.defense == label, "defense_params"].dropna().iloc[0] or "{}")
+              if family.loc[family.defense == label, "defense_params"].notna().any() else {} for label in labels}
+    keys = {k for p in params.values() for k in p}
+    varying = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in params.values()}) > 1]
+    defaults = _param_defaults(name)
+    known = [k for k in varying if PARAM_ALIASES.get(k, k) in defaults]
+    if not known:
+        return None
+    at_defaults = [label for label in labels
+                   if all(_same_value(params[label].get(k), defaults[PARAM_ALIASES.get(k, k)]) for k in known)]
+    return at_defaults[0] if len(at_defaults) == 1 else None
 
 
 def _default_attack(df: pd.DataFrame) -> str | None:
@@ -139,6 +197,20 @@ def _family(df: pd.DataFrame, defense: str) -> pd.DataFrame:
         return df[df.defense == defense]
     names = df.loc[df.defense == defense, "defense_name"]
     return df[df.defense_name == names.iloc[0]] if len(names) else df.iloc[0:0]
+
+
+def _which_variant(df: pd.DataFrame, defense: str) -> str:
+    """'; ours is the full method ...' or '; ours is a variant ...' when the family has variants in df."""
+    family = _family(df, defense)
+    if family.defense.nunique() < 2:
+        return ""
+    name = str(family.defense_name.iloc[0]) if "defense_name" in family else defense
+    full = full_method(df, defense)
+    if full == defense:
+        return f"; ours is the full method, {name} at its default parameters (the other variants are ablations)"
+    if full is None:
+        return f"; ours is a variant of {name} (none of its variants here is at its default parameters)"
+    return f"; ours is a variant of {name}, not its full method {full}"
 
 
 # -- selection helpers ------------------------------------------------------------------------
@@ -342,7 +414,9 @@ def build_table(name: str, measured: pd.DataFrame, paper: pd.DataFrame | None = 
     title, builder = TABLES.get(name)
     ctx = TableContext.defaults(measured, **context) if not measured.empty else None
     frame = builder(measured, ctx) if ctx else pd.DataFrame()
-    described = ctx.describe() if ctx else "no measured rows"
+    described = ctx.describe(_in_table(name, measured, ctx)) if ctx else "no measured rows"
+    if ctx is not None and name in CAPTION_CHECKS:
+        described += CAPTION_CHECKS[name](measured, ctx)
     if paper is not None and not paper.empty:
         paper_ctx = TableContext.defaults(paper)
         reported = builder(paper, paper_ctx)
@@ -350,8 +424,75 @@ def build_table(name: str, measured: pd.DataFrame, paper: pd.DataFrame | None = 
         if blocks:
             cols = _union_columns([v.columns for v in blocks.values()])
             frame = pd.concat({k: v.reindex(columns=cols) for k, v in blocks.items()}, names=["source"])
-        described += f"; paper-reported block: {paper_ctx.describe()}"
+        described += f"; paper-reported block: {paper_ctx.describe(_in_table(name, paper, paper_ctx))}"
     return Table(name, title, frame, described)
+
+
+#: tables showing the variants of "ours" side by side, whose caption says which one "ours" is
+VARIANT_TABLES = ("5", "S3", "S5")
+
+
+def _in_table(name: str, df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame | None:
+    """The rows whose variants a table shows (its caption then says which variant "ours" is)."""
+    return _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream) if name in VARIANT_TABLES \
+        else None
+
+
+def _detection_at_chance(df: pd.DataFrame, ctx: TableContext) -> str:
+    """Table 6's caption note when the measured detector is at chance: its accuracy's 95% interval
+    holds 50% and, where the AUROC is recorded, that is within 1.96 standard errors of 0.5 (an
+    AUROC above chance with the accuracy at 50% is said apart: the threshold fails, not the scores)."""
+    if "detection_accuracy" not in df:
+        return ""
+    d = _select(df, ctx)
+    d = d[(d.defense == ctx.defense) & d.detection_accuracy.notna()]
+    if d.empty:
+        return ""
+    state = d.apply(_chance_state, axis=1)
+    auroc = d.detection_auroc.dropna() if "detection_auroc" in d else pd.Series(dtype=float)
+    figures = f"mean accuracy {d.detection_accuracy.mean() * 100:.1f}%" + (
+        f", mean AUROC {auroc.mean():.3f}" if len(auroc) else "")
+    chance, threshold = int((state == "chance").sum()), int((state == "threshold").sum())
+    out = ""
+    if chance == len(d):
+        out = (f". The measured detector is at chance in every cell ({figures}): each accuracy's 95% interval holds "
+               f"50%{' and each AUROC is within its 95% interval of 0.5' if len(auroc) else ''}; it does not tell DAEs "
+               f"from benign images here")
+    elif chance:
+        out = (f". In {chance} of {len(d)} measured cells the detector is at chance (the accuracy's 95% interval holds "
+               f"50%{', the AUROC is within its interval of 0.5' if len(auroc) else ''})")
+    if threshold:
+        out += (f". In {threshold} of {len(d)} measured cells the accuracy is at chance at the detector's threshold "
+                f"although the AUROC is above 0.5: the threshold, not the scores, fails there")
+    return out
+
+
+def _chance_state(row: pd.Series) -> str:
+    """'chance', 'threshold' (accuracy at 50% but AUROC above chance) or '' for one cell."""
+    from daebench.metrics import wilson_interval
+
+    lo, hi, n = row.get("detection_accuracy_lo"), row.get("detection_accuracy_hi"), row.get("n")
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        if n is None or pd.isna(n):
+            return ""
+        lo, hi = wilson_interval(round(row.detection_accuracy * 2 * n), int(2 * n))  # clean + adversarial images
+    if not lo <= 0.5 <= hi:
+        return ""
+    auroc = row.get("detection_auroc")
+    if auroc is None or pd.isna(auroc) or n is None or pd.isna(n):
+        return "chance"
+    return "chance" if abs(auroc - 0.5) <= 1.96 * _auroc_se(float(auroc), int(n), int(n)) else "threshold"
+
+
+def _auroc_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an AUROC."""
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc ** 2) + (n_neg - 1) * (q2 - auc ** 2)) / max(n_pos * n_neg, 1)
+    return math.sqrt(max(var, 0.0))
+
+
+#: per table, a check of the measured rows that adds a sentence to the caption
+CAPTION_CHECKS: dict[str, Callable[[pd.DataFrame, TableContext], str]] = {"6": _detection_at_chance}
 
 
 def _union_columns(column_lists: list[pd.Index]) -> pd.Index | list:

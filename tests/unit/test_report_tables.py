@@ -104,3 +104,40 @@ def test_latex_output(fixture_results):
 def test_unknown_table_name_gets_did_you_mean():
     with pytest.raises(UnknownNameError, match="S5"):
         TABLES.get("s5")
+
+
+@pytest.mark.parametrize("name, full", [("5", "adv_ft=1;mpae=1;bmp=1"), ("S3", "fusion=rfdm"), ("S5", "lambda=20")])
+def test_paper_block_ours_is_the_full_method_and_the_caption_says_so(name, full):
+    """Not the first variant printed (the all-off ablation, fusion=average, lambda=1)."""
+    paper = paper_subset(paper_results(), name)
+    assert TableContext.defaults(paper).defense == full
+    table = build_table(name, pd.DataFrame(columns=paper.columns), paper)
+    caption = table.context.split("paper-reported block: ")[1]
+    assert caption.startswith(f"ours = {full} ")
+    assert "ours is the full method, zepad at its default parameters" in caption
+
+
+def test_full_method_without_an_unlabelled_member_is_the_variant_at_the_defaults(fixture_results):
+    from daebench.report.tables import full_method
+
+    relabelled = fixture_results.replace({"defense": {"zepad": "zepad-rfdm"}})
+    assert full_method(relabelled, "zepad-l10") == "zepad-rfdm"  # fusion rfdm and lambda 20: ZePAD's defaults
+    assert TableContext.defaults(relabelled).defense == "zepad-rfdm"
+    caption = build_table("5", relabelled, defense="zepad-l10").context
+    assert "ours = zepad-l10" in caption and "a variant of zepad, not its full method zepad-rfdm" in caption
+    assert "full method" not in build_table("1", fixture_results).context  # no variants in Table 1: no note
+
+
+def test_detection_table_at_chance_says_so_in_its_caption(fixture_results):
+    zepad = fixture_results.defense == "zepad"
+    at_chance = fixture_results.assign(detection_accuracy=np.where(zepad, 0.51, np.nan))  # n = 1000 per side
+    caption = build_table("6", at_chance).context
+    assert "The measured detector is at chance in every cell" in caption and "mean accuracy 51.0%" in caption
+    assert "at chance" in to_markdown(build_table("6", at_chance)).split("\n\n")[1]  # the caption line
+    separating = at_chance.assign(detection_auroc=np.where(zepad, 0.9, np.nan))
+    caption = build_table("6", separating).context
+    assert "detector is at chance" not in caption and "the threshold, not the scores, fails" in caption
+    assert "chance" not in build_table("6", fixture_results).context  # 50-90%, n = 1000: above chance
+    mixed = fixture_results.assign(detection_accuracy=np.where(zepad & (fixture_results.D_d == "stl10"), 0.5,
+                                                               fixture_results.detection_accuracy))
+    assert "In 2 of 4 measured cells the detector is at chance" in build_table("6", mixed).context
