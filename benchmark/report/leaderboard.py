@@ -151,6 +151,11 @@ def _interval(m: float, lo: float, hi: float) -> str:
     return f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def _signed(v: float) -> str:
+    text = f"{100 * v:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
+
+
 def _values(df: pd.DataFrame, col: str) -> str:
     if col not in df:
         return "?"
@@ -166,7 +171,7 @@ def defense_table(ranked: pd.DataFrame) -> pd.DataFrame:
         "BA [95% CI]": [_interval(*r) for r in ranked[["BA", "BA lo", "BA hi"]].itertuples(index=False)],
     }
     if "BA change" in ranked:
-        cols["BA change"] = [("" if d == BASELINE else f"{100 * c:+.1f}" + (" †" if s else ""))
+        cols["BA change"] = [("" if d == BASELINE else _signed(c) + (" †" if s else ""))
                              for d, c, s in ranked[["defense", "BA change", "BA separates"]].itertuples(index=False)]
     cols["ASR"] = ranked["ASR"].map(_percent)
     for c in ranked.columns:
