@@ -16,11 +16,12 @@ FOLDERS = {"benchmark": "daebench", "attacks": "daebench.attacks", "defenses": "
 LAYERS = [
     ("core", ["daebench.errors", "daebench.registry", "daebench.compat", "daebench.runtime", "daebench.paths",
               "daebench.store", "daebench.data", "daebench.plugins", "daebench.training", "daebench.heads",
-              "daebench.metrics", "daebench.provenance", "daebench.encoders", "daebench.imagefolder"]),
+              "daebench.metrics", "daebench.provenance", "daebench.encoders", "daebench.imagefolder",
+              "daebench.timing"]),
     ("plugins", ["daebench.attacks", "daebench.defenses"]),
     ("plan and stages", ["daebench.config", "daebench.specs", "daebench.plan", "daebench.stages", "daebench.executors"]),
     ("run", ["daebench.runner", "daebench.estimator"]),
-    ("results", ["daebench.results"]),
+    ("results", ["daebench.results", "daebench.reuse"]),
     ("report", ["daebench.report", "daebench.paper"]),
     ("CLI and API", ["daebench.cli", "daebench.api", "daebench.probe", "daebench"]),
 ]
