@@ -24,6 +24,31 @@ def test_list(capsys):
     assert code == 0 and all(k in out for k in ("attacks:", "defenses:", "encoders:", "datasets:", "ssl:"))
 
 
+def test_list_keeps_one_set_of_columns_for_every_kind(capsys):
+    code, out, _ = _run(capsys, "list")
+    header = out.splitlines()[0]
+    desc_at = header.index("description")
+    rows = [line for line in out.splitlines()[1:] if line.startswith("  ") and line[2] != " " and len(line) > desc_at]
+    assert len(rows) > 25  # every plugin with a docstring (SSL recipes have none)
+    for line in rows:  # every row's description starts in the header's column, however long its name
+        assert line[desc_at - 1] == " " and line[desc_at] != " ", line
+    continuation = [line for line in out.splitlines() if line.startswith(" " * desc_at)]
+    assert all(line[desc_at] != " " for line in continuation)
+
+
+def test_run_logs_one_line_per_stage_when_its_output_is_not_a_terminal(capsys, caplog, tmp_path):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="daebench")
+    grid = write_grid(tmp_path / "g.yaml", attacks=["noise"], defenses=["none"])
+    code, _, err = _run(capsys, "run", str(grid), "--cache-dir", str(tmp_path / "c"), "--runs-dir", str(tmp_path / "r"),
+                        "--no-estimate")
+    assert code == 0
+    assert "\r" not in err and "it/s" not in err  # no progress bars in a log
+    done = [r.getMessage() for r in caplog.records if "done:" in r.getMessage()]
+    assert done and done[0].startswith("[1/") and any("eps=10/255" in m for m in done)  # eps as written
+
+
 def test_validate_bundled(capsys):
     code, out, _ = _run(capsys, "validate", "quick", "--plan")
     assert code == 0 and "valid grid 'quick'" in out and "unique stages" in out
