@@ -268,7 +268,9 @@ def update(path: Path, runs_dir: Path, runs: list[str] | None = None, check: boo
     """Rebuild the generated section; with check, only report whether it is stale.
 
     Returns (changed, new text)."""
-    runs = runs or listed_runs(path)
+    runs = runs or listed_runs(path)  # (it checks that the file exists)
+    if not path.is_file():
+        raise DAEBenchError(f"{path} does not exist; create it with the two leaderboard markers.")
     text = path.read_text()
     before, _, after = _split(text, path)
     new = before + generate(runs, runs_dir) + after
