@@ -270,27 +270,25 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             return 1
         print(f"run '{args.reproduce}' reproduces its record in {args.file} (BA, RA, ASR to 0.1 point).")
     changed, _ = update(Path(args.file), Path(args.runs_dir), args.runs or None, check=args.check)
-    if args.check:
-        if changed:
-            print(f"{args.file} is stale: run `daebench leaderboard` and commit it.", file=sys.stderr)
-            return 1
-        print(f"{args.file} is up to date.")
-        return 0
-    print(f"{args.file} {'rewritten' if changed else 'already up to date'}.")
-    return 0
+    return _generated_section_outcome(changed, args.check, args.file, "leaderboard", "")
 
 
 def cmd_records(args: argparse.Namespace) -> int:
     from daebench.report.records import update
 
     changed, _ = update(Path(args.file), Path(args.measured), check=args.check)
-    if args.check:
+    return _generated_section_outcome(changed, args.check, args.file, "records", "'s index")
+
+
+def _generated_section_outcome(changed: bool, check: bool, file: str, command: str, what: str) -> int:
+    """What `leaderboard` / `records` print and return once their generated section is rebuilt."""
+    if check:
         if changed:
-            print(f"{args.file}'s index is stale: run `daebench records` and commit it.", file=sys.stderr)
+            print(f"{file}{what} is stale: run `daebench {command}` and commit it.", file=sys.stderr)
             return 1
-        print(f"{args.file}'s index is up to date.")
+        print(f"{file}{what} is up to date.")
         return 0
-    print(f"{args.file} {'rewritten' if changed else 'already up to date'}.")
+    print(f"{file} {'rewritten' if changed else 'already up to date'}.")
     return 0
 
 
