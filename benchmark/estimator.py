@@ -211,6 +211,7 @@ class StageEstimate:
     label: str
     work: Work
     seconds: float
+    flops: float = 0.0  # the work in FLOPs: a forward + backward counted as three forwards
 
 
 @dataclass
@@ -223,6 +224,16 @@ class Estimate:
     @property
     def total(self) -> float:
         return sum(s.seconds for s in self.stages)
+
+    @property
+    def work(self) -> Work:
+        """The grid's work in image passes, whatever the device: with a device's measured
+        throughput (`daebench probe`'s ceiling) it gives the time there."""
+        return sum((s.work for s in self.stages), Work())
+
+    @property
+    def flops(self) -> float:
+        return sum(s.flops for s in self.stages)
 
     def by_stage(self) -> dict[str, float]:
         out: dict[str, float] = defaultdict(float)
@@ -238,6 +249,9 @@ class Estimate:
                  + (f" with {workers} in parallel (total work {_duration(self.total)})" if workers > 1 else "")
                  + f"; {len(self.stages)} stages to compute, {self.cached} already in the store"]
         lines += [f"  {stage:<10}{_duration(per[stage]):>12}" for stage in STAGES if stage in per]
+        work = self.work
+        lines.append(f"work: {work.train:.3g} image forward+backward passes and {work.forward:.3g} forward passes, "
+                     f"{self.flops / 1e15:.3g} PFLOP (a backward counted as two forwards)")
         lines.append(f"the {min(top, len(self.stages))} most expensive stages:")
         for s in sorted(self.stages, key=lambda s: -s.seconds)[:top]:
             lines.append(f"  {_duration(s.seconds):>12}  {s.label}")
@@ -247,7 +261,7 @@ class Estimate:
 
     def record(self) -> dict[str, Any]:
         """What run.json keeps: the total and per stage type, in seconds."""
-        return {"device": self.device, "total_seconds": round(self.total, 1),
+        return {"device": self.device, "total_seconds": round(self.total, 1), "flops": self.flops,
                 "stage_seconds": {k: round(v, 1) for k, v in self.by_stage().items()}}
 
 
@@ -299,8 +313,11 @@ def stage_work(plan: Plan, node: Node, sizes: _Sizes) -> Work:
     if node.stage == "pretrain":
         return SSL_METHODS.get(spec.method).work(spec.params, sizes.count(spec.data.source, "train"))
     if node.stage == "craft":
-        images = sizes.count(spec.data.source, spec.data.split or "train")
-        return ATTACKS.get(spec.attack).work(spec.params, images) * max(1, len(spec.surrogates))
+        attack = ATTACKS.get(spec.attack)
+        # what run_craft hands the attack: the attacker's training split to a universal
+        # attack, the downstream test images to a per-sample one
+        images = sizes.count(spec.data.source, "train" if attack.universal else "test")
+        return attack.work(spec.params, images) * max(1, len(spec.surrogates))
     if node.stage == "defend":
         return DEFENSES.get(spec.defense).work(spec.params, sizes.count(spec.data.source, "train"))
     if node.stage == "features":
@@ -318,8 +335,12 @@ def estimate_plan(plan: Plan, grid: GridSpec, calibration: Calibration, store: A
             cached += 1
             continue
         work = stage_work(plan, node, sizes)
-        seconds = calibration.seconds(stage_config(plan, node, grid), work) if work else 0.0
-        stages.append(StageEstimate(node.key, node.stage, node.label, work, seconds))
+        seconds = flops = 0.0
+        if work:
+            config = stage_config(plan, node, grid)
+            seconds = calibration.seconds(config, work)
+            flops = (3 * work.train + work.forward) * _flops_of(config_key(config), tuple(sorted(config.items())))
+        stages.append(StageEstimate(node.key, node.stage, node.label, work, seconds, flops))
     return Estimate(calibration.device, stages, cached, sorted(sizes.assumed))
 
 

@@ -111,3 +111,33 @@ def test_cli_estimate_from_a_calibration_file(tmp_path, capsys, micro_grid_path)
     out = capsys.readouterr().out
     assert code == 0 and "on test-device with 2 in parallel" in out and "most expensive stages" in out
     assert json.loads(path.read_text())["device"] == "test-device"
+
+
+def test_a_craft_counts_the_split_its_attack_perturbs():
+    """A universal attack crafts on the attacker's training split; a per-sample one on
+    the downstream test images (run_craft): counting the training split instead made
+    the per-sample crafts of a 50 000 / 10 000 dataset 5x too dear."""
+    from daebench.attacks import ATTACKS
+
+    plan = plan_grid(parse_grid(MICRO_GRID))
+    sizes = _Sizes(None)
+    train, test = sizes.count("digits", "train"), sizes.count("digits", "test")
+    assert train != test
+    crafts = {n.spec.attack: n for n in plan.nodes.values() if n.stage == "craft"}
+    for name, node in crafts.items():
+        attack = ATTACKS.get(name)
+        images = train if attack.universal else test
+        assert stage_work(plan, node, sizes) == attack.work(node.spec.params, images), name
+    assert not ATTACKS.get("embedattack").universal and ATTACKS.get("uapgd").universal
+
+
+def test_the_estimate_counts_its_work_in_passes_and_flops_whatever_the_device():
+    grid = parse_grid(MICRO_GRID)
+    plan = plan_grid(grid)
+    fast = estimate_grid(grid, calibration=_fixed_calibration(grid, plan, 1e-3, 2e-4), plan=plan)
+    slow = estimate_grid(grid, calibration=_fixed_calibration(grid, plan, 1e-2, 2e-3), plan=plan)
+    assert slow.total == pytest.approx(10 * fast.total)
+    assert slow.work == fast.work and slow.flops == fast.flops  # the device changes the time, not the work
+    per_image = forward_flops(stage_config(plan, next(n for n in plan.nodes.values() if n.stage == "pretrain"), grid))
+    assert fast.flops == pytest.approx((3 * fast.work.train + fast.work.forward) * per_image)  # one encoder config
+    assert "PFLOP" in fast.describe() and fast.record()["flops"] == fast.flops
