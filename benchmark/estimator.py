@@ -260,9 +260,11 @@ class Estimate:
         return "\n".join(lines)
 
     def record(self) -> dict[str, Any]:
-        """What run.json keeps: the total and per stage type, in seconds."""
+        """What run.json keeps: the total and per stage type, in seconds; and per stage
+        (by artifact key), which the run writes to stages.csv beside the actual seconds."""
         return {"device": self.device, "total_seconds": round(self.total, 1), "flops": self.flops,
-                "stage_seconds": {k: round(v, 1) for k, v in self.by_stage().items()}}
+                "stage_seconds": {k: round(v, 1) for k, v in self.by_stage().items()},
+                "stages": {s.key: round(s.seconds, 2) for s in self.stages}}
 
 
 def _duration(seconds: float) -> str:

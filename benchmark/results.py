@@ -105,7 +105,9 @@ def write_run(report: RunReport, runs_dir: Path) -> Path:
         "cache_dir": str(Path(report.cache_dir).resolve()) if report.cache_dir else None,
         "wall_seconds": round(report.wall_seconds, 2), "cached": dict(report.hits), "computed": dict(report.computed),
         "stage_seconds": {k: round(v, 2) for k, v in report.seconds.items()},
-        "estimate": report.estimate,  # `daebench estimate` before the run, beside the actual seconds above
+        # `daebench estimate` before the run, beside the actual seconds above; per stage in stages.csv
+        "estimate": {k: v for k, v in report.estimate.items() if k != "stages"} if report.estimate else None,
+        "stages_file": write_stage_times(report, run_dir),
         "failures": [{"stage": f.label, "error": f.error} for f in report.failures],
         "corrupted": report.corrupted,
         "rows": len(report.results),
@@ -113,6 +115,19 @@ def write_run(report: RunReport, runs_dir: Path) -> Path:
     }
     _atomic_write(run_dir / "run.json", json.dumps(run_info, indent=1))
     return run_dir
+
+
+def write_stage_times(report: RunReport, run_dir: Path) -> str | None:
+    """stages.csv: one row per stage this run computed, its actual seconds beside what
+    the estimate printed before the run predicted for it (where there was one). A run
+    that computed nothing keeps the table of the run that did."""
+    if not report.finished:
+        return "stages.csv" if (run_dir / "stages.csv").exists() else None
+    predicted = (report.estimate or {}).get("stages", {})
+    table = pd.DataFrame([{"stage": o.stage, "label": o.label, "key": o.key, "actual_seconds": round(o.seconds, 2),
+                           "estimated_seconds": predicted.get(o.key)} for o in report.finished])
+    _atomic_write(run_dir / "stages.csv", table.to_csv(index=False))
+    return "stages.csv"
 
 
 HISTORY_FIELDS = ("time_utc", "git_commit", "grid_hash", "device", "wall_seconds", "computed", "cached", "rows")
@@ -147,7 +162,7 @@ def _archive(run_dir: Path, previous: dict[str, Any] | None) -> Path:
     stamp = ((previous or {}).get("time_utc") or "unknown").replace(":", "-")
     target = run_dir / "history" / stamp
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("results.csv", "results.parquet", "grid.yaml", "run.json"):
+    for name in ("results.csv", "results.parquet", "grid.yaml", "run.json", "stages.csv"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, target / name)
     return target

@@ -147,6 +147,7 @@ class RunReport:
     computed: Counter = field(default_factory=Counter)
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     failures: list[NodeOutcome] = field(default_factory=list)
+    finished: list[NodeOutcome] = field(default_factory=list)  # the stages this run computed, in order
     skipped: int = 0
     corrupted: list[str] = field(default_factory=list)  # cached artifacts that failed their checksum
     changed_plugins: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> the warning
@@ -262,6 +263,7 @@ def run_plan(grid: GridSpec, cache_dir: str | os.PathLike | None = None, executo
                     report.hits[outcome.stage] += 1
                 else:
                     report.computed[outcome.stage] += 1
+                    report.finished.append(outcome)
                 bar.set_postfix_str(outcome.label[:40])
             else:
                 report.failures.append(outcome)

@@ -141,3 +141,29 @@ def test_encoders_pretrain_is_cached_and_listed(capsys, tmp_path):
 def test_encoders_pretrain_rejects_bad_input(capsys, tmp_path, argv, expected):
     code, out, err = _run(capsys, "encoders", "pretrain", "--dataset", "digits", *argv, "--cache-dir", str(tmp_path))
     assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_run_keeps_each_computed_stage_s_estimate_beside_its_actual_seconds(capsys, tmp_path):
+    import json
+
+    import pandas as pd
+
+    grid = write_grid(tmp_path / "g.yaml", attacks=["noise"], defenses=["none"])
+    args = ("run", str(grid), "--cache-dir", str(tmp_path / "c"), "--runs-dir", str(tmp_path / "r"), "--no-progress")
+    code, out, _ = _run(capsys, *args)
+    assert code == 0 and "PFLOP" in out  # the estimate printed first
+    run_dir = tmp_path / "r" / "micro"
+    info = json.loads((run_dir / "run.json").read_text())
+    stages = pd.read_csv(run_dir / "stages.csv")
+    assert info["stages_file"] == "stages.csv" and "stages" not in info["estimate"]
+    assert len(stages) == sum(info["computed"].values())
+    assert stages["stage"].value_counts().to_dict() == info["computed"]
+    assert stages["actual_seconds"].sum() == pytest.approx(sum(info["stage_seconds"].values()), abs=0.05)
+    pretrain = stages[stages["stage"] == "pretrain"].iloc[0]
+    assert pretrain["estimated_seconds"] > 0 and pretrain["actual_seconds"] > 0
+    assert stages.groupby("stage")["estimated_seconds"].sum().to_dict() == pytest.approx(
+        {k: v for k, v in info["estimate"]["stage_seconds"].items() if k in info["computed"]}, abs=0.1)  # run.json: 0.1 s
+    # a re-run that computes nothing keeps the table of the run that did
+    code, _, _ = _run(capsys, *args)
+    assert code == 0 and pd.read_csv(run_dir / "stages.csv").equals(stages)
+    assert json.loads((run_dir / "run.json").read_text())["stages_file"] == "stages.csv"
