@@ -79,3 +79,25 @@ def detection_metrics(score_clean: torch.Tensor, score_adv: torch.Tensor, thresh
         out["detection_accuracy_oracle"] = float(accuracy[best])
         out["detection_threshold_oracle"] = float(thresholds[best])
     return out
+
+
+def paired_accuracy_difference(hits_a: torch.Tensor, hits_b: torch.Tensor, z: float = Z95) -> dict[str, float]:
+    """Accuracy of A minus accuracy of B on the SAME test images, per image paired.
+
+    Two Wilson intervals that overlap do not mean two models are indistinguishable: on
+    the same images their errors are correlated, and only the images on which they
+    disagree carry the difference. McNemar's exact test counts those (`a_only`: A right
+    and B wrong, `b_only`: the reverse; p two-sided, binomial at 1/2), and the interval is
+    the paired-difference normal interval, sqrt(b + c - (b - c)^2 / n) / n."""
+    from scipy.stats import binomtest
+
+    if hits_a.shape != hits_b.shape or hits_a.dim() != 1:
+        raise ValueError("paired hits must be two 1-D tensors over the same images")
+    a, b = hits_a.bool(), hits_b.bool()
+    n = int(a.numel())
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    diff = (a_only - b_only) / n if n else float("nan")
+    se = math.sqrt(max(a_only + b_only - (a_only - b_only) ** 2 / n, 0.0)) / n if n else float("nan")
+    p = binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {"n": n, "a_only": a_only, "b_only": b_only, "difference": diff,
+            "difference_lo": diff - z * se, "difference_hi": diff + z * se, "p_value": float(p)}

@@ -23,6 +23,22 @@ def git_commit() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_description() -> str:
+    """The processor and the vector instructions torch's kernels use on it: float32
+    results differ in their last bits between, say, AVX2 and AVX512 kernels, and a
+    trained encoder carries such differences into its accuracies."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def provenance(device: str = "cpu") -> dict:
     from daebench.runtime import resolve_device
 
@@ -36,5 +52,6 @@ def provenance(device: str = "cpu") -> dict:
         "git_commit": git_commit(),
         "device": dev,
         "torch_threads": torch.get_num_threads(),  # CPU results depend on it (reduction order)
+        "cpu": cpu_description(),  # and on the kernels' instruction set
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

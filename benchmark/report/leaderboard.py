@@ -215,8 +215,9 @@ def run_section(run: RunRecord) -> str:
         + (f" (controls, not averaged: {_values(controls, 'attack')})" if len(controls) else ""),
         f"D_f: {_values(df, 'D_f')}; D_d: {_values(df, 'D_d')} ({_values(df, 'n')} test images)",
         f"scenarios: {_values(df, 'scenario')}; eps {eps}",
-        f"device {first.get('device', info.get('device', '?'))} with {_values(df, 'torch_threads')} torch thread(s) "
-        f"(CPU numbers depend on it), torch {first.get('torch', info.get('torch', '?'))}, "
+        f"device {first.get('device', info.get('device', '?'))} with {_values(df, 'torch_threads')} torch thread(s)"
+        + (f" on {info['cpu']}" if info.get("cpu") else "") + " (CPU numbers depend on it), "
+        f"torch {first.get('torch', info.get('torch', '?'))}, "
         f"daebench {first.get('daebench', info.get('daebench', '?'))}",
     ]
     lines = [f"### {run.name}" + (f": {info['description']}" if info.get("description") else ""), "",

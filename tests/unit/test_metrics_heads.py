@@ -51,3 +51,23 @@ def test_batch_mean_accuracy_is_the_reference_mean_of_per_batch_accuracies():
     labels = torch.arange(10)
     m = robustness_metrics(labels, labels, labels.flip(0))
     assert m["BA_batch_mean"] == 1.0 and m["RA_batch_mean"] == pytest.approx(m["RA"])
+
+
+def test_paired_difference_is_mcnemar_on_the_disagreements():
+    from daebench.metrics import paired_accuracy_difference
+
+    # 100 images: both right on 60, A alone on 10, B alone on 2, both wrong on 28
+    a = torch.tensor([1] * 60 + [1] * 10 + [0] * 2 + [0] * 28)
+    b = torch.tensor([1] * 60 + [0] * 10 + [1] * 2 + [0] * 28)
+    out = paired_accuracy_difference(a, b)
+    assert (out["n"], out["a_only"], out["b_only"]) == (100, 10, 2)
+    assert out["difference"] == pytest.approx(0.08)
+    # exact McNemar by hand: 2 * P(X <= 2), X ~ Bin(12, 1/2) = 2 * (1 + 12 + 66) / 4096
+    assert out["p_value"] == pytest.approx(2 * 79 / 4096)
+    se = (12 - 8 ** 2 / 100) ** 0.5 / 100
+    assert out["difference_lo"] == pytest.approx(0.08 - 1.959964 * se, abs=1e-6)
+    # the pairing matters: the same two accuracies with the disagreements balanced
+    same = paired_accuracy_difference(torch.tensor([1, 0] * 50), torch.tensor([1, 0] * 50))
+    assert same["difference"] == 0 and same["p_value"] == 1.0 and same["a_only"] == 0
+    with pytest.raises(ValueError, match="same images"):
+        paired_accuracy_difference(a, b[:-1])
