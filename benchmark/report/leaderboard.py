@@ -23,6 +23,8 @@ commit and date), so regenerating from the same records gives the same text.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import re
 from pathlib import Path
 
@@ -283,18 +285,41 @@ def update(path: Path, runs_dir: Path, runs: list[str] | None = None, check: boo
 
 #: what a reproduction compares, rounded to the leaderboard's precision (0.1 point)
 REPRODUCED = ("BA", "RA", "ASR")
+#: run.json fields that must agree for a run to reproduce a record bit for bit: float32
+#: kernels, and so every trained encoder, differ between CPUs (AVX2 / AVX512), devices,
+#: torch releases and thread counts (reduction order)
+MACHINE_FIELDS = ("device", "cpu", "torch", "torch_threads")
 
 
-def reproduction_problems(run: str, path: Path, runs_dir: Path) -> list[str]:
+@dataclass
+class Reproduction:
+    """A fresh run against its record: `problems` fail the check; where the machines
+    differ (`same_machine` False), per-cell differences are expected and only listed."""
+
+    problems: list[str]
+    differences: list[str]
+    same_machine: bool
+    machines: tuple[str, str]  # (record's, run's)
+
+
+def machine_of(info: dict) -> str:
+    return ", ".join(f"{k} {info.get(k, '?')}" for k in MACHINE_FIELDS)
+
+
+def reproduction_check(run: str, path: Path, runs_dir: Path) -> Reproduction:
     """Cells where a fresh run of a grid differs from the leaderboard's record of that grid.
 
-    The record is the one the marker lists whose grid has the run's name."""
+    The record is the one the marker lists whose grid has the run's name. On the
+    record's machine (every MACHINE_FIELDS value recorded and equal) every cell must
+    match to 0.1 point; elsewhere the same cells must exist, and their differences are
+    reported, not failed: a float32 encoder trained on other kernels is another sample."""
     fresh = load_run(run, runs_dir)
     records = [load_run(r, runs_dir) for r in listed_runs(path)]
     matching = [r for r in records if r.name == fresh.name and Path(r.directory).resolve() != Path(fresh.directory).resolve()]
     if not matching:
         raise DAEBenchError(f"{path} ranks no record of grid '{fresh.name}' to reproduce (it ranks: "
                             f"{', '.join(r.name for r in records) or 'nothing'}).")
+    record = matching[0]
     keys = ["defense", "attack", "D_d", "eps", *(c for c in ("encoder", "scenario", "seed") if c in fresh.results)]
 
     def table(rec: RunRecord) -> pd.DataFrame:
@@ -302,12 +327,14 @@ def reproduction_problems(run: str, path: Path, runs_dir: Path) -> list[str]:
         df["eps"] = df["eps"].round(6)
         return df.set_index(keys)[list(REPRODUCED)].mul(100).round(1).sort_index()
 
-    mine, theirs = table(fresh), table(matching[0])
+    mine, theirs = table(fresh), table(record)
     problems = [f"cell {k} is in the record but not in the run" for k in theirs.index.difference(mine.index)]
     problems += [f"cell {k} is in the run but not in the record" for k in mine.index.difference(theirs.index)]
     both = mine.index.intersection(theirs.index)
     diff = (mine.loc[both] - theirs.loc[both]).abs()
-    for key, row in diff[(diff > 0).any(axis=1)].iterrows():
-        problems.append(f"cell {key}: " + ", ".join(f"{m} {mine.loc[key, m]:.1f} vs recorded {theirs.loc[key, m]:.1f}"
-                                                   for m in REPRODUCED if row[m] > 0))
-    return problems
+    differences = [f"cell {key}: " + ", ".join(f"{m} {mine.loc[key, m]:.1f} vs recorded {theirs.loc[key, m]:.1f}"
+                                               for m in REPRODUCED if row[m] > 0)
+                   for key, row in diff[(diff > 0).any(axis=1)].iterrows()]
+    same = all(record.info.get(k) is not None and record.info.get(k) == fresh.info.get(k) for k in MACHINE_FIELDS)
+    return Reproduction(problems + (differences if same else []), [] if same else differences, same,
+                        (machine_of(record.info), machine_of(fresh.info)))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from daebench.report.leaderboard import (generate, rank_attacks, rank_by_interval, rank_defenses,
-                                         reproduction_problems)
+                                         reproduction_check)
 
 
 def _rows(spec: dict[str, dict[str, float]], ba: dict[str, float], n: int = 10_000) -> pd.DataFrame:
@@ -62,11 +62,12 @@ def test_ba_change_is_against_the_baseline_and_says_when_it_separates():
     assert ranked.loc["genaf", "BA change"] == pytest.approx(0.005) and not ranked.loc["genaf", "BA separates"]
 
 
-def _record(directory, df: pd.DataFrame, name: str = "g"):
-    directory.mkdir(parents=True)
+def _record(directory, df: pd.DataFrame, name: str = "g", info: dict | None = None):
+    directory.mkdir(parents=True, exist_ok=True)
     df.to_csv(directory / "results.csv", index=False)
     (directory / "grid.yaml").write_text(f"name: {name}\n")
-    (directory / "run.json").write_text(json.dumps({"grid": name, "git_commit": "abc", "time_utc": "2026-12-03"}))
+    (directory / "run.json").write_text(json.dumps({"grid": name, "git_commit": "abc", "time_utc": "2026-12-03",
+                                                    **(info or {})}))
     return directory
 
 
@@ -80,15 +81,37 @@ def test_section_is_regenerated_from_records_with_interval_per_attack_columns_an
     assert generate([str(rec)], tmp_path / "runs") == text  # the same records give the same text
 
 
-def test_reproduction_check_names_the_cells_that_differ(tmp_path):
+MACHINE = {"device": "cpu", "cpu": "Some CPU (AVX512)", "torch": "2.13.0+cpu", "torch_threads": 2}
+
+
+def test_reproduction_check_names_the_cells_that_differ_on_the_record_s_machine(tmp_path):
     df = _rows({"none": {"a": 0.30}, "pgd_at": {"a": 0.40}}, {"none": 0.6, "pgd_at": 0.5})
-    rec = _record(tmp_path / "measured" / "rec", df)
+    rec = _record(tmp_path / "measured" / "rec", df, info=MACHINE)
     board = tmp_path / "leaderboard.md"
     board.write_text(f"<!-- daebench:leaderboard:start runs={rec} -->\n<!-- daebench:leaderboard:end -->\n")
-    _record(tmp_path / "runs" / "g", df)
-    assert reproduction_problems("g", board, tmp_path / "runs") == []
+    _record(tmp_path / "runs" / "g", df, info=MACHINE)
+    same = reproduction_check("g", board, tmp_path / "runs")
+    assert same.same_machine and same.problems == [] and same.differences == []
     changed = df.copy()
     changed.loc[changed.defense == "pgd_at", "RA"] = 0.41
     (tmp_path / "runs" / "g" / "results.csv").write_text(changed.to_csv(index=False))
-    problems = reproduction_problems("g", board, tmp_path / "runs")
+    problems = reproduction_check("g", board, tmp_path / "runs").problems
     assert len(problems) == 1 and "pgd_at" in problems[0] and "RA 41.0 vs recorded 40.0" in problems[0]
+
+
+@pytest.mark.parametrize("other", [{"cpu": "Another CPU (AVX2)"}, {"torch_threads": 1}, {"cpu": None}])
+def test_on_another_machine_differences_are_listed_not_failed_but_missing_cells_fail(tmp_path, other):
+    df = _rows({"none": {"a": 0.30}, "pgd_at": {"a": 0.40}}, {"none": 0.6, "pgd_at": 0.5})
+    rec = _record(tmp_path / "measured" / "rec", df, info=MACHINE)
+    board = tmp_path / "leaderboard.md"
+    board.write_text(f"<!-- daebench:leaderboard:start runs={rec} -->\n<!-- daebench:leaderboard:end -->\n")
+    changed = df.copy()
+    changed.loc[changed.defense == "pgd_at", "RA"] = 0.43
+    _record(tmp_path / "runs" / "g", changed, info={**MACHINE, **other})
+    check = reproduction_check("g", board, tmp_path / "runs")
+    assert not check.same_machine and check.problems == []
+    assert len(check.differences) == 1 and "RA 43.0 vs recorded 40.0" in check.differences[0]
+    assert "Some CPU" in check.machines[0]
+    (tmp_path / "runs" / "g" / "results.csv").write_text(changed[changed.defense == "none"].to_csv(index=False))
+    missing = reproduction_check("g", board, tmp_path / "runs").problems
+    assert len(missing) == 1 and "in the record but not in the run" in missing[0]
