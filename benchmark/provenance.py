@@ -28,15 +28,16 @@ def cpu_description() -> str:
     """The processor and the vector instructions torch's kernels use on it: float32
     results differ in their last bits between, say, AVX2 and AVX512 kernels, and a
     trained encoder carries such differences into its accuracies."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+    fields: dict[str, str] = {}
+    try:  # the first processor's entry; a virtual machine's model name can be generic, its family and model are not
+        for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    generation = f"family {fields['cpu family']} model {fields['model']}, " if "cpu family" in fields and "model" in fields else ""
+    return f"{name} ({generation}{torch.backends.cpu.get_cpu_capability()})"
 
 
 def provenance(device: str = "cpu") -> dict:

@@ -130,7 +130,7 @@ def write_stage_times(report: RunReport, run_dir: Path) -> str | None:
     return "stages.csv"
 
 
-HISTORY_FIELDS = ("time_utc", "git_commit", "grid_hash", "device", "wall_seconds", "computed", "cached", "rows")
+HISTORY_FIELDS = ("time_utc", "git_commit", "grid_hash", "device", "cpu", "wall_seconds", "computed", "cached", "rows")
 
 
 def _history(previous: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -60,7 +60,10 @@ def test_run_writes_results_with_its_config_and_provenance(first_run):
     import json
 
     info = json.loads((run_dir / "run.json").read_text())
-    assert {"torch", "git_commit", "device", "grid_hash"} <= set(info)
+    assert {"torch", "git_commit", "device", "grid_hash", "cpu"} <= set(info)
+    import torch
+
+    assert info["cpu"].endswith(f"{torch.backends.cpu.get_cpu_capability()})")  # the kernels' instruction set
 
 
 def test_recomputation_in_a_fresh_store_is_bit_identical(first_run, tmp_path):
