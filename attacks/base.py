@@ -141,6 +141,13 @@ class Attack(Configurable):
         self.device = torch.device(device)
         self.progress = progress
 
+    @classmethod
+    def craft_split(cls) -> str:
+        """The split of its dataset an attack crafts on: a universal attack learns one delta
+        from the attacker's labelled training split; a per-sample attack perturbs each
+        downstream test image. The craft stage and the cost estimate both read it."""
+        return "train" if cls.universal else "test"
+
     # -- what a subclass writes ------------------------------------------------
     def loss(self, surrogate: torch.nn.Module, x_adv: torch.Tensor, x: torch.Tensor, clean_features: torch.Tensor) -> torch.Tensor:
         """Per-sample objective to *maximise* for ONE surrogate encoder, shape (N,).

@@ -53,7 +53,7 @@ class Calibration:
         if not measured:
             raise ConfigError(f"the calibration of {self.device} has no encoder configuration: run `daebench "
                               f"estimate GRID` on that device, which measures the grid's and keeps them in the store")
-        flops = _flops_of(config_key(config), tuple(sorted(config.items())))
+        flops = config_flops(config)
         return {kind: flops * sum(self.configs[k][kind] / self.flops[k] for k in measured) / len(measured)
                 for kind in ("train", "forward")}
 
@@ -86,6 +86,11 @@ def _build(config: dict[str, Any]):
 @functools.lru_cache(maxsize=64)
 def _flops_of(key: str, config_items: Any) -> float:
     return forward_flops(dict(config_items))
+
+
+def config_flops(config: dict[str, Any]) -> float:
+    """`forward_flops`, computed once per configuration."""
+    return _flops_of(config_key(config), tuple(sorted(config.items())))
 
 
 def forward_flops(config: dict[str, Any]) -> float:
@@ -316,9 +321,7 @@ def stage_work(plan: Plan, node: Node, sizes: _Sizes) -> Work:
         return SSL_METHODS.get(spec.method).work(spec.params, sizes.count(spec.data.source, "train"))
     if node.stage == "craft":
         attack = ATTACKS.get(spec.attack)
-        # what run_craft hands the attack: the attacker's training split to a universal
-        # attack, the downstream test images to a per-sample one
-        images = sizes.count(spec.data.source, "train" if attack.universal else "test")
+        images = sizes.count(spec.data.source, attack.craft_split())
         return attack.work(spec.params, images) * max(1, len(spec.surrogates))
     if node.stage == "defend":
         return DEFENSES.get(spec.defense).work(spec.params, sizes.count(spec.data.source, "train"))
@@ -341,7 +344,7 @@ def estimate_plan(plan: Plan, grid: GridSpec, calibration: Calibration, store: A
         if work:
             config = stage_config(plan, node, grid)
             seconds = calibration.seconds(config, work)
-            flops = (3 * work.train + work.forward) * _flops_of(config_key(config), tuple(sorted(config.items())))
+            flops = (3 * work.train + work.forward) * config_flops(config)
         stages.append(StageEstimate(node.key, node.stage, node.label, work, seconds, flops))
     return Estimate(calibration.device, stages, cached, sorted(sizes.assumed))
 

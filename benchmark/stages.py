@@ -123,12 +123,9 @@ def run_craft(ctx: StageContext, spec: CraftSpec, inputs: dict[str, Artifact]) -
     surrogate = surrogates[0] if len(surrogates) == 1 else SurrogateEnsemble(surrogates)
     data = ctx.dataset(spec.data)
     started = time.perf_counter()
-    # Universal attacks craft on the attacker's labelled training data; per-sample
-    # attacks perturb the downstream test images and never see their labels.
-    if cls.universal:
-        delta, report = attack.craft(surrogate, data.x_train, data.y_train)
-    else:
-        delta, report = attack.craft(surrogate, data.x_test)
+    # Per-sample attacks never see the labels of the test images they perturb.
+    x, y = data.split(cls.craft_split())
+    delta, report = attack.craft(surrogate, x, y if cls.universal else None)
     return {"delta": delta}, {"universal": cls.universal, "craft_seconds": time.perf_counter() - started,
                               "linf": float(delta.abs().max()), "attack_report": report, "plugin": cls.record()}
 

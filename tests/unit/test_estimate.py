@@ -127,6 +127,7 @@ def test_a_craft_counts_the_split_its_attack_perturbs():
     for name, node in crafts.items():
         attack = ATTACKS.get(name)
         images = train if attack.universal else test
+        assert attack.craft_split() == ("train" if attack.universal else "test")
         assert stage_work(plan, node, sizes) == attack.work(node.spec.params, images), name
     assert not ATTACKS.get("embedattack").universal and ATTACKS.get("uapgd").universal
 
