@@ -217,7 +217,8 @@ def _context(args: argparse.Namespace) -> dict:
             eps = parse_fraction(args.eps)
         except ValueError as err:
             raise DAEBenchError(f"--eps: {err}") from None
-    return {"defense": args.defense, "attack": args.attack, "eps": eps, "downstream": args.downstream}
+    return {"defense": args.defense, "attack": args.attack, "eps": eps, "downstream": args.downstream,
+            "sweep": args.sweep, "pretrain": args.pretrain}
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -381,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--attack", help="the attack of single-attack tables (default: advencoder, else the grid's first)")
         p.add_argument("--eps", help="the perturbation budget, e.g. 10/255 (default: 10/255, else the smallest)")
         p.add_argument("--downstream", help="D_d of single-setting tables and plots (default: the run's first)")
+        p.add_argument("--sweep", help="the defense parameter Table S5 sweeps, e.g. lam or aux_methods "
+                                       "(default: the one parameter the defense's variants differ in)")
+        p.add_argument("--pretrain", help="D_p of the victims tables without a D_p level show, where the run "
+                                          "has several (default: cifar10 when there)")
 
     tab = sub.add_parser("tables", help="write the paper's tables (markdown, LaTeX, CSV) from a run")
     context_options(tab)

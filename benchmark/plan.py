@@ -301,7 +301,8 @@ class _Planner:
                             EvaluateSpec(defense=defense.name, clamp=g.clamp, head_params=head_params,
                                          head=head, clean=clean, adv=adv),
                             f"evaluate {enc.name} {defense.display} {attack.display} {d_d} {scenario}")
-                        row = {"encoder": enc.name, "method": enc.method or "checkpoint", "D_p": enc.dataset or "",
+                        row = {"encoder": enc.name, "method": enc.method or enc.trained_with or "checkpoint",
+                               "D_p": enc.dataset or enc.trained_on or "",
                                "defense": defense.display, "D_f": d_f, "D_d": d_d, "attack": attack.display,
                                "scenario": scenario, "surrogate": g.transfer_from if scenario == "transfer" else enc.name,
                                "eps": eps, "seed": seed, "clamp": g.clamp,
@@ -323,4 +324,8 @@ def grid_hash(grid: GridSpec) -> str:
     for name, default in (("pairing", "all"), ("precision", "auto")):
         if dump.get(name) == default:  # a default leaves the hash of grids written before the field unchanged
             del dump[name]
+    for encoder in dump.get("encoders", []) + dump.get("surrogates", []):
+        for name in ("trained_with", "trained_on"):  # the same for a checkpoint's labels
+            if encoder.get(name) is None:
+                encoder.pop(name, None)
     return hashlib.sha256(canonical_json(dump).encode()).hexdigest()[:12]

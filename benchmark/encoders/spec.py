@@ -27,11 +27,24 @@ class EncoderSpec(BaseModel):
     normalization: Literal["cifar", "imagenet"] = "cifar"
     profile: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # What a checkpoint is, for the tables only (they label a victim by its SSL method and
+    # group it by its pre-training data, as the paper does); the artifact is the file's.
+    trained_with: str | None = Field(None, description="a checkpoint's SSL method, e.g. simclr")
+    trained_on: str | None = Field(None, description="a checkpoint's pre-training data as tables name it, e.g. imagenet")
 
     @model_validator(mode="after")
     def _one_source(self) -> "EncoderSpec":
         if (self.method is None) == (self.checkpoint is None):
             raise ValueError("an encoder needs exactly one of `method` (+ `dataset`) to pre-train it, or `checkpoint`")
+        if self.method is not None and (self.trained_with or self.trained_on):
+            raise ValueError(f"encoder with method '{self.method}': `trained_with` / `trained_on` describe a "
+                             "`checkpoint`; an encoder the harness pre-trains is described by `method` and `dataset`")
+        if self.trained_with is not None:
+            from daebench.encoders.ssl import SSL_METHODS
+
+            if self.trained_with not in SSL_METHODS.names():
+                raise ValueError(f"trained_with '{self.trained_with}' is not an SSL method; valid: "
+                                 f"{', '.join(sorted(SSL_METHODS.names()))}")
         if self.method is not None and self.dataset is None:
             raise ValueError(f"encoder with method '{self.method}' needs `dataset` (its pre-training data D_p)")
         if self.name is None:

@@ -48,6 +48,9 @@ class TableContext:
     downstream: str | None = None
     sweep: str | None = None  # the defense parameter of Table S5 (ZePAD's lambda)
     encoder: str | None = None  # the victim encoder figures show (None: every one, a panel each)
+    # the pre-training data of the victims a table without a D_p level shows, where the rows
+    # hold several (the paper's CIFAR-10 when there; None: the rows hold one)
+    pretrain: str | None = None
 
     @classmethod
     def defaults(cls, df: pd.DataFrame, **overrides: str | float | None) -> "TableContext":
@@ -60,6 +63,7 @@ class TableContext:
             downstream=given.get("downstream") or _first(df, "D_d"),
             sweep=given.get("sweep") or _default_sweep(df, given.get("defense") or _default_defense(df)),
             encoder=given.get("encoder"),
+            pretrain=given.get("pretrain") or _default_pretrain(df),
         )
 
     def describe(self, df: pd.DataFrame | None = None) -> str:
@@ -67,7 +71,8 @@ class TableContext:
         defense's family has several in them (the full method or an ablation)."""
         eps = f"{self.eps * 255:.0f}/255" if self.eps else "any"
         which = _which_variant(df, self.defense) if df is not None and not df.empty else ""
-        return f"ours = {self.defense} (vs baseline {BASELINE}), attack = {self.attack}, eps = {eps}{which}"
+        pretrain = f", victims pre-trained on {self.pretrain}" if self.pretrain else ""
+        return f"ours = {self.defense} (vs baseline {BASELINE}), attack = {self.attack}, eps = {eps}{pretrain}{which}"
 
 
 @dataclass
@@ -167,6 +172,14 @@ def full_method(df: pd.DataFrame, defense: str) -> str | None:
     return at_defaults[0] if len(at_defaults) == 1 else None
 
 
+def _default_pretrain(df: pd.DataFrame) -> str | None:
+    """Where the rows hold victims of several D_p: the paper's default (CIFAR-10) when there."""
+    values = list(dict.fromkeys(df["D_p"].dropna())) if "D_p" in df else []
+    if len(values) < 2:
+        return None
+    return "cifar10" if "cifar10" in values else str(values[0])
+
+
 def _default_attack(df: pd.DataFrame) -> str | None:
     attacks = df["attack"].dropna()
     if attacks.empty:
@@ -189,6 +202,58 @@ def _default_sweep(df: pd.DataFrame, defense: str) -> str | None:
     params = [json.loads(p) for p in family["defense_params"].dropna().unique()]
     varying = sorted({k for p in params for k in p if len({json.dumps(q.get(k)) for q in params}) > 1})
     return "lambda" if "lambda" in varying else (varying[0] if varying else None)
+
+
+#: the settings a variant table's rows differ in, as the paper prints them: (the paper's name,
+#: the defense's parameter); and the parameter values the paper names otherwise
+PAPER_SETTINGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "5": (("adv_ft", "adversarial_fine_tuning"), ("mpae", "mpae_branch"), ("bmp", "bmp_branch")),
+    "S3": (("fusion", "fusion"),),
+}
+PAPER_VALUES = {"fusion": {"equal": "average"}}
+
+
+def paper_setting_labels(d: pd.DataFrame, table: str) -> pd.Series:
+    """Each row's variant in the paper's notation of the table's settings (Table 5
+    `adv_ft=1;mpae=0;bmp=1`, S3 `fusion=average`), so a measured row sits beside the
+    paper-reported row of the same setting whatever the grid called it. The undefended
+    baseline is Table 5's all-off row. Rows already in that notation (the paper's) keep
+    their label; where a row lacks a setting, or two labels would merge, every label stays."""
+    settings = PAPER_SETTINGS[table]
+
+    def label(row: pd.Series) -> str:
+        if all(f"{name}=" in str(row["defense"]) for name, _ in settings):  # a paper-reported row
+            return str(row["defense"])
+        params = json.loads(row["defense_params"]) if isinstance(row.get("defense_params"), str) else {}
+        if row["defense"] == BASELINE and table == "5":
+            return ";".join(f"{name}=0" for name, _ in settings)
+        if not all(param in params for _, param in settings):
+            return ""
+        values = [params[param] for _, param in settings]
+        return ";".join(f"{name}={int(v) if isinstance(v, bool) else PAPER_VALUES.get(name, {}).get(v, v)}"
+                        for (name, _), v in zip(settings, values))
+
+    labels = d.apply(label, axis=1) if len(d) else pd.Series(dtype=str, index=d.index)
+    pairs = pd.DataFrame({"defense": d["defense"], "label": labels}).drop_duplicates()
+    if (labels == "").any() or pairs.label.duplicated().any() or pairs.defense.duplicated().any():
+        return d["defense"]
+    return labels
+
+
+def _setting_caption(table: str) -> Callable[[pd.DataFrame, TableContext], str]:
+    """The caption's key from the grid's labels to the paper's settings the rows carry."""
+    def caption(df: pd.DataFrame, ctx: TableContext) -> str:
+        d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+        d = d[(d.defense == BASELINE) | d.index.isin(_family(d, ctx.defense).index)] if table == "5" \
+            else _family(d, ctx.defense)
+        if d.empty:
+            return ""
+        labels = paper_setting_labels(d, table)
+        pairs = dict(zip(d["defense"], labels))
+        if all(k == v for k, v in pairs.items()):
+            return ""
+        return "; rows by the paper's settings: " + ", ".join(f"{k} = {v}" for k, v in pairs.items())
+    return caption
 
 
 def _family(df: pd.DataFrame, defense: str) -> pd.DataFrame:
@@ -223,8 +288,10 @@ def victim_label(df: pd.DataFrame) -> pd.Series:
 
 
 def _select(df: pd.DataFrame, ctx: TableContext, *, scenario: str | None = "semi_black_box",
-            attack: bool = True, eps: bool = True) -> pd.DataFrame:
+            attack: bool = True, eps: bool = True, pretrain: bool = True) -> pd.DataFrame:
     out = df
+    if pretrain and ctx.pretrain is not None and "D_p" in out:  # victims of one D_p: a column is one encoder
+        out = out[out.D_p == ctx.pretrain]
     if scenario is not None:
         out = out[out.scenario == scenario]
     if attack and ctx.attack is not None:
@@ -259,7 +326,7 @@ def _with_avg(frame: pd.DataFrame) -> pd.DataFrame:
 def _baseline_vs_ours(df: pd.DataFrame, ctx: TableContext, metric: str, index: list[str], same_data: bool,
                       scenario: str) -> pd.DataFrame:
     """Rows: the index levels, then baseline / ours / Δ; columns: victim encoders + AVG."""
-    d = _select(df, ctx, scenario=scenario, attack=metric != "BA")
+    d = _select(df, ctx, scenario=scenario, attack=metric != "BA", pretrain="D_p" not in index)
     d = d[(d.D_f == d.D_d) if same_data else (d.D_f != d.D_d)]
     d = d[d.defense.isin([BASELINE, ctx.defense])].assign(victim=lambda t: victim_label(t))
     if d.empty:
@@ -325,7 +392,7 @@ def table_5(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
     d = d[(d.defense == BASELINE) | d.index.isin(_family(d, ctx.defense).index)]
     if d.empty:
         return pd.DataFrame()
-    d = d.assign(victim=victim_label(d))
+    d = d.assign(victim=victim_label(d), defense=paper_setting_labels(d, "5"))
     out = d.groupby(["victim", "defense"], sort=False)[["BA", "RA", "ASR"]].mean().mul(100)
     return out.rename_axis(["Victim", "Defense"])
 
@@ -370,6 +437,7 @@ def table_s3(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
     d = _family(d, ctx.defense).assign(victim=lambda t: victim_label(t))
     if d.empty:
         return pd.DataFrame()
+    d = d.assign(defense=paper_setting_labels(d, "S3"))
     long = d.melt(id_vars=["defense", "victim"], value_vars=["BA", "RA"], var_name="Metric")
     out = long.groupby(["defense", "Metric", "victim"], sort=False)["value"].mean().mul(100).unstack("victim")
     return _with_avg(out.reindex(columns=_columns(d.victim))).rename_axis(["Variant", "Metric"])
@@ -492,7 +560,8 @@ def _auroc_se(auc: float, n_pos: int, n_neg: int) -> float:
 
 
 #: per table, a check of the measured rows that adds a sentence to the caption
-CAPTION_CHECKS: dict[str, Callable[[pd.DataFrame, TableContext], str]] = {"6": _detection_at_chance}
+CAPTION_CHECKS: dict[str, Callable[[pd.DataFrame, TableContext], str]] = {
+    "6": _detection_at_chance, "5": _setting_caption("5"), "S3": _setting_caption("S3")}
 
 
 def _union_columns(column_lists: list[pd.Index]) -> pd.Index | list:
