@@ -320,12 +320,15 @@ def plot_param_sweep(run: RunRecord, ctx: TableContext) -> plt.Figure:
         base = {k: v for k, v in json.loads(ours.iloc[0]).items() if k != ctx.sweep}
         df = df[df.defense_params.map(lambda p: {k: v for k, v in json.loads(p).items() if k != ctx.sweep} == base)]
     df = df.assign(x=df.defense_params.map(lambda p: json.loads(p).get(ctx.sweep))).dropna(subset=["x"])
+    xlabel = ctx.sweep
+    if df.x.map(lambda v: isinstance(v, list)).any():  # a list of encoders (Figure S2): their number
+        df, xlabel = df.assign(x=df.x.map(len)), f"number of {ctx.sweep}"
     if df.x.nunique() < 2:
         raise NotCovered(f"{ctx.sweep} takes a single value in the run")
     long = df.melt(id_vars=[c for c in df.columns if c not in ("BA", "RA")], value_vars=["BA", "RA"], var_name="metric")
     panels = [(f"{enc}\nD_d = {ctx.downstream}", sub) for enc, sub in _victims(long, ctx)]
     family = df.defense_name.iloc[0] if "defense_name" in df else ctx.defense
-    return _sweep_figure(panels, "x", ctx.sweep, "accuracy (%)", "metric",
+    return _sweep_figure(panels, "x", xlabel, "accuracy (%)", "metric",
                          f"BA / RA (%) of {family} vs {ctx.sweep} ({ctx.attack}, {_eps_text(ctx.eps)}, "
                          f"{_scenario_text(df)})")
 

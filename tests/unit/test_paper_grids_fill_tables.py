@@ -100,3 +100,19 @@ def test_a_checkpoint_labelled_with_an_unknown_method_is_rejected():
         EncoderSpec(checkpoint="x.ckpt", trained_with="simclrr")
     with pytest.raises(ValueError, match="describe a `checkpoint`"):
         EncoderSpec(method="simclr", dataset="cifar10", trained_on="imagenet")
+
+
+def test_the_figure_s2_grid_draws_the_number_of_auxiliary_encoders(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from daebench.report.plots import draw
+    from daebench.report.tables import TableContext
+    from daebench.results import RunRecord
+
+    measured = planned_results("paper-figS2", monkeypatch, tmp_path)
+    run = RunRecord("paper-figS2", tmp_path, measured, {}, {})
+    fig = draw(run, "param_sweep", TableContext.defaults(measured))
+    lines = [line for ax in fig.axes for line in ax.get_lines() if len(line.get_xdata())]
+    assert lines and all(list(line.get_xdata()) == [1, 2, 3, 4, 5, 6] for line in lines)
+    assert "number of aux_methods" in {ax.get_xlabel() for ax in fig.axes}
+    plt.close(fig)
