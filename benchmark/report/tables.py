@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -243,9 +243,7 @@ def paper_setting_labels(d: pd.DataFrame, table: str) -> pd.Series:
 def _setting_caption(table: str) -> Callable[[pd.DataFrame, TableContext], str]:
     """The caption's key from the grid's labels to the paper's settings the rows carry."""
     def caption(df: pd.DataFrame, ctx: TableContext) -> str:
-        d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
-        d = d[(d.defense == BASELINE) | d.index.isin(_family(d, ctx.defense).index)] if table == "5" \
-            else _family(d, ctx.defense)
+        d = _variant_rows(df, ctx, table)
         if d.empty:
             return ""
         labels = paper_setting_labels(d, table)
@@ -254,6 +252,14 @@ def _setting_caption(table: str) -> Callable[[pd.DataFrame, TableContext], str]:
             return ""
         return "; rows by the paper's settings: " + ", ".join(f"{k} = {v}" for k, v in pairs.items())
     return caption
+
+
+def _variant_rows(df: pd.DataFrame, ctx: TableContext, table: str) -> pd.DataFrame:
+    """The rows a variant table (5, S3) shows: every variant of "ours" at the table's D_f / D_d,
+    and for Table 5 the baseline (its all-off row)."""
+    d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    family = _family(d, ctx.defense)
+    return d[(d.defense == BASELINE) | d.index.isin(family.index)] if table == "5" else family
 
 
 def _family(df: pd.DataFrame, defense: str) -> pd.DataFrame:
@@ -388,8 +394,7 @@ def table_s2(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
 
 @register_table("5", "Ablation: BA / RA / ASR (%) of each variant of the defense, and the baseline")
 def table_5(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
-    d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
-    d = d[(d.defense == BASELINE) | d.index.isin(_family(d, ctx.defense).index)]
+    d = _variant_rows(df, ctx, "5")
     if d.empty:
         return pd.DataFrame()
     d = d.assign(victim=victim_label(d), defense=paper_setting_labels(d, "5"))
@@ -433,11 +438,10 @@ def table_7(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
 
 @register_table("S3", "BA / RA (%) of each fusion (or other) variant of the defense")
 def table_s3(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
-    d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
-    d = _family(d, ctx.defense).assign(victim=lambda t: victim_label(t))
+    d = _variant_rows(df, ctx, "S3")
     if d.empty:
         return pd.DataFrame()
-    d = d.assign(defense=paper_setting_labels(d, "S3"))
+    d = d.assign(victim=victim_label(d), defense=paper_setting_labels(d, "S3"))
     long = d.melt(id_vars=["defense", "victim"], value_vars=["BA", "RA"], var_name="Metric")
     out = long.groupby(["defense", "Metric", "victim"], sort=False)["value"].mean().mul(100).unstack("victim")
     return _with_avg(out.reindex(columns=_columns(d.victim))).rename_axis(["Variant", "Metric"])
@@ -480,13 +484,13 @@ def build_table(name: str, measured: pd.DataFrame, paper: pd.DataFrame | None = 
                 **context: str | float | None) -> Table:
     """One table from the measured rows, with the paper-reported block beneath when given."""
     title, builder = TABLES.get(name)
-    ctx = TableContext.defaults(measured, **context) if not measured.empty else None
+    ctx = _for_table(name, TableContext.defaults(measured, **context)) if not measured.empty else None
     frame = builder(measured, ctx) if ctx else pd.DataFrame()
     described = ctx.describe(_in_table(name, measured, ctx)) if ctx else "no measured rows"
     if ctx is not None and name in CAPTION_CHECKS:
         described += CAPTION_CHECKS[name](measured, ctx)
     if paper is not None and not paper.empty:
-        paper_ctx = TableContext.defaults(paper)
+        paper_ctx = _for_table(name, TableContext.defaults(paper))
         reported = builder(paper, paper_ctx)
         blocks = {k: v for k, v in (("measured", frame), ("paper-reported", reported)) if not v.empty}
         if blocks:
@@ -494,6 +498,15 @@ def build_table(name: str, measured: pd.DataFrame, paper: pd.DataFrame | None = 
             frame = pd.concat({k: v.reindex(columns=cols) for k, v in blocks.items()}, names=["source"])
         described += f"; paper-reported block: {paper_ctx.describe(_in_table(name, paper, paper_ctx))}"
     return Table(name, title, frame, described)
+
+
+#: tables with a D_p level: they show every pre-training set's victims, each in its rows
+PRETRAIN_LEVEL_TABLES = ("1", "2")
+
+
+def _for_table(name: str, ctx: TableContext) -> TableContext:
+    """The context as the table reads it: no single D_p where the table has a D_p level."""
+    return replace(ctx, pretrain=None) if name in PRETRAIN_LEVEL_TABLES else ctx
 
 
 #: tables showing the variants of "ours" side by side, whose caption says which one "ours" is

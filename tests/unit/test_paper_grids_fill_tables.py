@@ -81,6 +81,7 @@ def test_tables_without_a_pretraining_level_show_one_pretraining_set(monkeypatch
     assert build_table("3", pd.concat([cifar, imagenet]), pretrain="imagenet").frame.equals(
         build_table("3", imagenet).frame)
     assert "victims pre-trained on cifar10" in build_table("3", pd.concat([cifar, imagenet])).context
+    assert "pre-trained on" not in build_table("1", pd.concat([cifar, imagenet])).context  # a D_p level: both
 
 
 def test_table5_rows_carry_the_papers_switches_and_the_caption_keys_them(monkeypatch, tmp_path):
