@@ -257,7 +257,7 @@ def _setting_caption(table: str) -> Callable[[pd.DataFrame, TableContext], str]:
 def _variant_rows(df: pd.DataFrame, ctx: TableContext, table: str) -> pd.DataFrame:
     """The rows a variant table (5, S3) shows: every variant of "ours" at the table's D_f / D_d,
     and for Table 5 the baseline (its all-off row)."""
-    d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    d = _at_setting(df, ctx)
     family = _family(d, ctx.defense)
     return d[(d.defense == BASELINE) | d.index.isin(family.index)] if table == "5" else family
 
@@ -305,6 +305,11 @@ def _select(df: pd.DataFrame, ctx: TableContext, *, scenario: str | None = "semi
     if eps and ctx.eps is not None and out["eps"].notna().any():
         out = out[np.isclose(out["eps"].astype(float), ctx.eps)]
     return out
+
+
+def _at_setting(df: pd.DataFrame, ctx: TableContext, **select: bool) -> pd.DataFrame:
+    """The rows of a single-setting table: `_select`ed, at the context's D_f and D_d."""
+    return _pick(_pick(_select(df, ctx, **select), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
 
 
 def _pick(df: pd.DataFrame, col: str, value: str | None) -> pd.DataFrame:
@@ -416,7 +421,7 @@ def table_6(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
 
 @register_table("7", "Defenses compared: BA and RA (%) per attack; Δ = the defense minus the best other")
 def table_7(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
-    d = _pick(_pick(_select(df, ctx, attack=False), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    d = _at_setting(df, ctx, attack=False)
     d = d[d.defense != BASELINE].assign(victim=lambda t: victim_label(t))
     if d.empty:
         return pd.DataFrame()
@@ -449,7 +454,7 @@ def table_s3(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
 
 @register_table("S4", "RA (%) of the defense under each perturbation budget")
 def table_s4(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
-    d = _pick(_pick(_select(df, ctx, eps=False), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    d = _at_setting(df, ctx, eps=False)
     d = d[d.defense == ctx.defense].assign(victim=lambda t: victim_label(t))
     if d.empty:
         return pd.DataFrame()
@@ -462,7 +467,7 @@ def table_s4(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
 def table_s5(df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame:
     if ctx.sweep is None or "defense_params" not in df:
         return pd.DataFrame()
-    d = _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream)
+    d = _at_setting(df, ctx)
     d = _family(d, ctx.defense)
     if d.empty:
         return pd.DataFrame()
@@ -515,7 +520,7 @@ VARIANT_TABLES = ("5", "S3", "S5")
 
 def _in_table(name: str, df: pd.DataFrame, ctx: TableContext) -> pd.DataFrame | None:
     """The rows whose variants a table shows (its caption then says which variant "ours" is)."""
-    return _pick(_pick(_select(df, ctx), "D_f", ctx.fine_tune), "D_d", ctx.downstream) if name in VARIANT_TABLES \
+    return _at_setting(df, ctx) if name in VARIANT_TABLES \
         else None
 
 
