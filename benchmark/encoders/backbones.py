@@ -44,6 +44,25 @@ class _OptionAShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
+class _ProjectionConv(nn.Conv2d):
+    """The shortcut's strided 1x1 projection (an `nn.Conv2d`: same parameters, same names).
+
+    On a CPU, one with fewer than 16 input channels takes its input and weights in the
+    default memory format: oneDNN's backward-weights kernel for a strided 1x1 convolution on
+    channels-last input with under 16 channels writes out of bounds on AVX-512 CPUs
+    (float32 everywhere, bf16 without AMX; torch 2.13), so a width-8 encoder trained
+    with `channels_last` crashed or came out different under one seed
+    (tests/unit/test_onednn_guard.py). At such widths the copy costs nothing measurable."""
+
+    NARROW = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels < self.NARROW and self.stride != (1, 1) and x.device.type == "cpu":
+            # a 1x1 kernel's strides pass for channels-last too: clone it to plain ones
+            return self._conv_forward(x.contiguous(), self.weight.clone(memory_format=torch.contiguous_format), self.bias)
+        return super().forward(x)
+
+
 class BasicBlock(nn.Module):
     """torchvision's BasicBlock (same parameter names).
 
@@ -63,7 +82,8 @@ class BasicBlock(nn.Module):
             if option_a:
                 self.shortcut = _OptionAShortcut(planes)
             else:
-                self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+                self.downsample = nn.Sequential(_ProjectionConv(in_planes, planes, 1, stride, bias=False),
+                                                nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
