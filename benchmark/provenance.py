@@ -24,17 +24,30 @@ def git_commit() -> str | None:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_description() -> str:
-    """The processor and the vector instructions torch's kernels use on it: float32
-    results differ in their last bits between, say, AVX2 and AVX512 kernels, and a
-    trained encoder carries such differences into its accuracies."""
+def _first_cpu_entry() -> dict[str, str]:
+    """/proc/cpuinfo's first processor entry ({} where there is none): a virtual machine's
+    model name can be generic, its family, model and flags are not."""
     fields: dict[str, str] = {}
-    try:  # the first processor's entry; a virtual machine's model name can be generic, its family and model are not
+    try:
         for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The processor's instruction-set flags (avx512f, amx_bf16, ...); empty where unread."""
+    return frozenset(_first_cpu_entry().get("flags", "").split())
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_description() -> str:
+    """The processor and the vector instructions torch's kernels use on it: float32
+    results differ in their last bits between, say, AVX2 and AVX512 kernels, and a
+    trained encoder carries such differences into its accuracies."""
+    fields = _first_cpu_entry()
     name = fields.get("model name") or platform.processor() or platform.machine()
     generation = f"family {fields['cpu family']} model {fields['model']}, " if "cpu family" in fields and "model" in fields else ""
     return f"{name} ({generation}{torch.backends.cpu.get_cpu_capability()})"

@@ -80,11 +80,7 @@ def pytest_terminal_summary(terminalreporter):
     some CPUs only, and a CI log should say which ones a failure met."""
     import torch
 
-    from daebench.provenance import cpu_description
+    from daebench.provenance import cpu_description, cpu_flags
 
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
-    except (OSError, IndexError):
-        flags = set()
-    extras = " ".join(sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})) or "no vector flags read"
+    extras = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})) or "no vector flags read"
     terminalreporter.write_line(f"cpu: {cpu_description()}; {extras}; torch threads {torch.get_num_threads()}")

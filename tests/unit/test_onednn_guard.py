@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from daebench.encoders import build_encoder
+from daebench.provenance import cpu_flags
 
 TRAIN_TWICE = textwrap.dedent("""
     import sys
@@ -46,15 +47,7 @@ TRAIN_TWICE = textwrap.dedent("""
 """)
 
 
-def _has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return "avx512f" in cpuinfo.read()
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_avx512(), reason="the faulty oneDNN kernels are AVX-512 code")
+@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="the faulty oneDNN kernels are AVX-512 code")
 @pytest.mark.parametrize("isa, precision", [("ALL", "float32"), ("AVX512_CORE", "bf16"), ("AVX512_CORE_BF16", "bf16")])
 def test_width_8_projection_trains_soundly_in_channels_last(isa, precision):
     run = subprocess.run([sys.executable, "-c", TRAIN_TWICE, precision], capture_output=True, text=True,
